@@ -1,0 +1,32 @@
+"""``ranking-data out=DIR``: build a dataset directory (synthetic world by default)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ranking.cli import CONFIG_PATH
+from ranking.data.errors import main_guard
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="make_data", version_base="1.3")
+@main_guard
+def main(cfg: DictConfig) -> None:
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise SystemExit(f"error: {out} exists and is not empty (overwrite=true replaces it)")
+        shutil.rmtree(out)
+    if cfg.source != "synthetic":
+        raise SystemExit(f"error: unknown source {cfg.source!r} (available: synthetic)")
+    from ranking.data.synthetic import SyntheticConfig, generate
+
+    schema = generate(out, SyntheticConfig(**OmegaConf.to_container(cfg.world, resolve=True)))
+    print(f"dataset {schema.name!r} written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Dataset files -> validated, typed batches."""

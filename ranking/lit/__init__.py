@@ -1,0 +1,1 @@
+"""Lightning modules: model + task + optimiser, one shared ``_step`` each."""

@@ -1,0 +1,1 @@
+"""Evaluation metrics (names follow ``stage/metric[@k][/task]``)."""

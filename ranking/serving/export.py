@@ -1,0 +1,251 @@
+"""Write the serving bundle: scripted predictors, item embeddings, FAISS index,
+feature snapshots and ``manifest.json``.
+
+Bundle layout (format version 1)::
+
+    manifest.json        what everything is (see ``build_manifest``)
+    user_tower.pt        TorchScript: inputs (user-side) -> float32 [B, D]
+    item_tower.pt        TorchScript: inputs (item-side) -> float32 [B, D]
+    ranker.pt            TorchScript: inputs (all sides) -> float32 [B, T] probabilities
+    item_embeddings.npy  float32 [N, D], row i = item_ids[i]
+    item_ids.npy         int64 [N], raw item id of each corpus row
+    items.faiss          FAISS inner-product index over item_embeddings (row = corpus row)
+    item_features.npz    item-side ranker inputs per corpus row (same keys as the artifacts)
+    user_snapshot.npz    user-side inputs of every known user + ``user_ids`` (int64 [U])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from ranking.data.batch import Batch
+from ranking.models.dlrm import DLRM
+from ranking.models.two_tower import TwoTower
+from ranking.schema import Schema, Side
+from ranking.serving.convert import (
+    flat_inputs,
+    item_tower_predictor,
+    ranker_predictor,
+    user_tower_predictor,
+)
+
+FORMAT_VERSION = 1
+
+
+def _script(module: torch.nn.Module, path: Path) -> None:
+    scripted = torch.jit.script(module)
+    torch.jit.save(scripted, str(path))
+
+
+def _stack_inputs(chunks: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    return {k: torch.cat([c[k] for c in chunks]).numpy() for k in chunks[0]}
+
+
+def snapshot(schema: Schema, batches, sides: tuple[Side, ...]) -> dict[str, np.ndarray]:
+    """Flat inputs of ``sides`` for every row of ``batches`` (+ user/item ids)."""
+    chunks, users, items = [], [], []
+    for batch in batches:
+        chunks.append(flat_inputs(schema, batch, sides))
+        users.append(batch.user_ids)
+        items.append(batch.item_ids)
+    out = _stack_inputs(chunks)
+    out["user_ids"] = torch.cat(users).numpy()
+    out["item_ids"] = torch.cat(items).numpy()
+    return out
+
+
+def input_specs(schema: Schema, sides: tuple[Side, ...]) -> list[dict[str, Any]]:
+    """Name, dtype and shape of each input of an artifact over ``sides``."""
+    specs = []
+    for f in schema.sparse(*sides):
+        specs.append(
+            {
+                "name": f.name,
+                "dtype": "int64",
+                "shape": ["B", "L"] if f.is_list else ["B"],
+                "padding": -1 if f.is_list else None,
+                "table": f.table,
+                "rows": schema.tables[f.table].num_rows,
+            }
+        )
+    for side in sides:
+        dense = [f.name for f in schema.dense(side)]
+        specs.append(
+            {"name": f"dense_{side}", "dtype": "float32", "shape": ["B", len(dense)], "columns": dense}
+        )
+    return specs
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def export_bundle(
+    out: str | Path,
+    schema: Schema,
+    dense_stats: dict[str, Any],
+    retrieval: TwoTower,
+    ranker: DLRM,
+    tasks: list[str],
+    corpus_batches,
+    user_batches,
+    metrics: dict[str, float] | None = None,
+    run_id: str | None = None,
+    retrieve_k: int = 100,
+    rank_by: str | None = None,
+) -> Path:
+    """Export both stages into one self-contained folder. Returns the folder.
+
+    Args:
+        corpus_batches: iterable of item-corpus :class:`Batch` (every item once).
+        user_batches: iterable of user-snapshot batches (every user once).
+        rank_by: the task whose probability orders the final list (default: the first).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    retrieval = retrieval.cpu().eval()
+    ranker = ranker.cpu().eval()
+    user_pred = user_tower_predictor(schema, retrieval)
+    item_pred = item_tower_predictor(schema, retrieval)
+    rank_pred = ranker_predictor(schema, ranker)
+    _script(user_pred, out / "user_tower.pt")
+    _script(item_pred, out / "item_tower.pt")
+    _script(rank_pred, out / "ranker.pt")
+
+    with torch.no_grad():
+        corpus: list[Batch] = list(corpus_batches)
+        items = snapshot(schema, corpus, (Side.ITEM,))
+        emb = torch.cat([retrieval.encode_items(b) for b in corpus]).numpy().astype(np.float32)
+    item_ids = items.pop("item_ids")
+    items.pop("user_ids")
+    np.save(out / "item_embeddings.npy", emb)
+    np.save(out / "item_ids.npy", item_ids)
+    np.savez(out / "item_features.npz", **items)
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    faiss.write_index(index, str(out / "items.faiss"))
+
+    users = snapshot(schema, user_batches, (Side.USER,))
+    users.pop("item_ids")
+    np.savez(out / "user_snapshot.npz", **users)
+
+    manifest = build_manifest(
+        schema, dense_stats, retrieval, tasks, metrics or {}, run_id, retrieve_k,
+        rank_by or tasks[0], n_items=len(item_ids), n_users=len(users["user_ids"]),
+    )
+    manifest["files"] = {
+        p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
+    return out
+
+
+def build_manifest(
+    schema: Schema,
+    dense_stats: dict[str, Any],
+    retrieval: TwoTower,
+    tasks: list[str],
+    metrics: dict[str, float],
+    run_id: str | None,
+    retrieve_k: int,
+    rank_by: str,
+    n_items: int,
+    n_users: int,
+) -> dict[str, Any]:
+    from ranking.hashing import DEFAULT_SEED
+
+    features = {}
+    for f in schema.features:
+        entry: dict[str, Any] = {"side": str(f.side), "kind": str(f.kind)}
+        if f.is_sparse:
+            entry.update(
+                table=f.table,
+                rows=schema.tables[f.table].num_rows,
+                pooling=schema.tables[f.table].pooling,
+                raw_to_row=(
+                    {"hash": "splitmix64", "seed": DEFAULT_SEED, "buckets": f.hash_buckets}
+                    if f.hashed
+                    else {"identity": True, "vocab_size": f.vocab_size}
+                ),
+            )
+            if f.is_list:
+                entry.update(max_len=f.max_len, truncate_keeps="last" if f.truncate else None)
+        else:
+            entry.update(transform=f.transform, stats=dense_stats.get(f.name))
+        features[f.name] = entry
+    context_defaults = {f.name: 0 for f in schema.sparse(Side.CONTEXT)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": schema.name,
+        "versions": {
+            "ranking": _version("ranking"),
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+            "python": platform.python_version(),
+        },
+        "mlflow_run_id": run_id,
+        "metrics": metrics,
+        "artifacts": {
+            "user_tower": {
+                "file": "user_tower.pt",
+                "format": "torchscript",
+                "inputs": input_specs(schema, (Side.USER,)),
+                "output": {"name": "user_embedding", "dtype": "float32", "shape": ["B", retrieval.out_dim]},
+            },
+            "item_tower": {
+                "file": "item_tower.pt",
+                "format": "torchscript",
+                "inputs": input_specs(schema, (Side.ITEM,)),
+                "output": {"name": "item_embedding", "dtype": "float32", "shape": ["B", retrieval.out_dim]},
+            },
+            "ranker": {
+                "file": "ranker.pt",
+                "format": "torchscript",
+                "inputs": input_specs(schema, (Side.USER, Side.ITEM, Side.CONTEXT)),
+                "output": {"name": "probabilities", "dtype": "float32", "shape": ["B", len(tasks)]},
+                "tasks": list(tasks),
+            },
+        },
+        "index": {
+            "file": "items.faiss",
+            "type": "IndexFlatIP",
+            "metric": "inner_product",
+            "ntotal": n_items,
+            "row_to_item_id": "item_ids.npy",
+            "embeddings": "item_embeddings.npy",
+        },
+        "snapshots": {
+            "items": {"file": "item_features.npz", "rows": n_items, "order": "item_ids.npy"},
+            "users": {"file": "user_snapshot.npz", "rows": n_users, "id_key": "user_ids"},
+        },
+        "id_mapping": {
+            "user": f"raw user id = {schema.user_id}; looked up in user_snapshot.npz['user_ids']",
+            "item": f"raw item id = {schema.item_id}; FAISS/corpus row i holds item_ids.npy[i]",
+        },
+        "serving": {
+            "retrieve_k": retrieve_k,
+            "rank_by": rank_by,
+            "context_defaults": context_defaults,
+        },
+        "features": features,
+    }
