@@ -58,17 +58,22 @@ def build_datamodule(cfg: DictConfig, path: Path, train_filter: str | None = Non
     return dm
 
 
+def _build(node: DictConfig, schema: Schema) -> torch.nn.Module:
+    # Partial first: Hydra would turn the Schema dataclass into a config node.
+    return instantiate(node, _partial_=True, _convert_="all")(schema=schema)
+
+
 def build_retrieval(cfg: DictConfig, schema: Schema) -> RetrievalModule:
-    model = instantiate(cfg.retrieval.model, schema=schema)
-    task = instantiate(cfg.retrieval.task)
+    model = _build(cfg.retrieval.model, schema)
+    task = instantiate(cfg.retrieval.task, _convert_="all")
     optimizer = instantiate(cfg.retrieval.optimizer)
     num_users = schema.feature(schema.user_id).vocab_size
     return RetrievalModule(model, task, optimizer, num_users=num_users)
 
 
 def build_ranking(cfg: DictConfig, schema: Schema) -> RankingModule:
-    model = instantiate(cfg.ranking.model, schema=schema)
-    task = instantiate(cfg.ranking.task)
+    model = _build(cfg.ranking.model, schema)
+    task = instantiate(cfg.ranking.task, _convert_="all")
     optimizer = instantiate(cfg.ranking.optimizer)
     return RankingModule(model, task, optimizer)
 

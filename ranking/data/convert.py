@@ -67,22 +67,32 @@ class BatchConverter:
         self.dense_features: dict[str, list[Feature]] = {s: schema.dense(Side(s)) for s in SIDES}
         for f in schema.dense():
             if f.transform != "none" and f.name not in stats:
-                raise ValueError(f"dense stats have no entry for {f.name!r} (transform {f.transform})")
+                raise ValueError(
+                    f"dense stats have no entry for {f.name!r} (transform {f.transform})"
+                )
         self.tasks: tuple[str, ...] = tuple(schema.labels)
 
     # ---- which columns each mode reads ----------------------------------------------
     @property
     def columns(self) -> list[str]:
-        """Columns :meth:`convert` reads: features, ids, labels, oracle (no time, no ignored)."""
+        """Columns :meth:`convert` reads: features, ids, time, labels, oracle (not ignored ones)."""
         cols = [f.name for f in self.schema.features]
-        extra = (self.schema.user_id, self.schema.item_id, *self.schema.labels, *self.schema.oracle.values())
+        extra = (
+            self.schema.user_id,
+            self.schema.time,
+            self.schema.item_id,
+            *self.schema.labels,
+            *self.schema.oracle.values(),
+        )
         return cols + [c for c in extra if c not in cols]
 
     def side_columns(self, side: Side | str) -> list[str]:
         """Columns a one-side snapshot holds: that side's id first, then its features."""
         side = Side(side)
         id_col = {Side.ITEM: self.schema.item_id, Side.USER: self.schema.user_id}[side]
-        return [id_col] + [f.name for f in self.schema.features if f.side == side and f.name != id_col]
+        return [id_col] + [
+            f.name for f in self.schema.features if f.side == side and f.name != id_col
+        ]
 
     @property
     def item_columns(self) -> list[str]:
@@ -105,6 +115,7 @@ class BatchConverter:
             user_ids=_ids(_col(rows, self.schema.user_id), n),
             item_ids=_ids(_col(rows, self.schema.item_id), n),
             oracle=oracle,
+            time=_ids(_col(rows, self.schema.time), n),
         )
 
     def convert_items(self, rows: Rows) -> Batch:
@@ -154,7 +165,10 @@ class BatchConverter:
         n = len(arr)
         if f.is_list:
             if not _is_list(arr.type):
-                raise DataError(f"has type {arr.type}, but a {f.kind} feature needs a list column", column=f.name)
+                raise DataError(
+                    f"has type {arr.type}, but a {f.kind} feature needs a list column",
+                    column=f.name,
+                )
             _no_nulls(arr, f.name)
             lengths = _numpy(pc.list_value_length(arr)).astype(LENGTHS_DTYPE)
             flat = arr.flatten()  # respects slicing, unlike .values
@@ -184,7 +198,9 @@ class BatchConverter:
         t = arr.type
         if not f.hashed:
             if not pa.types.is_integer(t):
-                raise DataError(f"has type {t}, but ids with a vocabulary must be integers", column=f.name)
+                raise DataError(
+                    f"has type {t}, but ids with a vocabulary must be integers", column=f.name
+                )
             return _numpy(arr).astype(np.int64)
         assert f.hash_buckets is not None
         if pa.types.is_integer(t):
@@ -193,7 +209,9 @@ class BatchConverter:
             enc = pc.dictionary_encode(arr)
             uniq = hash_strings(enc.dictionary.to_numpy(zero_copy_only=False), f.hash_buckets)
             return uniq[_numpy(enc.indices).astype(np.int64)]
-        raise DataError(f"has type {t}, but hashed values must be integers or strings", column=f.name)
+        raise DataError(
+            f"has type {t}, but hashed values must be integers or strings", column=f.name
+        )
 
     def _dense(self, rows: Rows, sides: set[str]) -> dict[str, torch.Tensor]:
         n = rows.num_rows
@@ -213,7 +231,9 @@ class BatchConverter:
         return out
 
 
-def keep_last(values: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def keep_last(
+    values: np.ndarray, lengths: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep the last ``max_len`` values of each list of a flat jagged array. Vectorised.
 
     Args:
@@ -233,7 +253,9 @@ def _col(rows: Rows, name: str) -> pa.Array:
     try:
         col = rows.column(name)
     except KeyError:
-        raise DataError(f"column missing (the rows have {rows.schema.names})", column=name) from None
+        raise DataError(
+            f"column missing (the rows have {rows.schema.names})", column=name
+        ) from None
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
@@ -258,9 +280,11 @@ def _float32(arr: pa.Array) -> torch.Tensor:
 
 
 def _ids(arr: pa.Array, n: int) -> torch.Tensor:
+    """Integer (or timestamp: its integer ticks) column -> int64 [n]."""
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
+    if pa.types.is_timestamp(arr.type):
+        arr = arr.cast(pa.int64())
     out = np.array(_numpy(arr), dtype=np.int64)
     assert len(out) == n
     return torch.from_numpy(out)
-

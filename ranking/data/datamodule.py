@@ -47,10 +47,16 @@ class RecDataModule(pl.LightningDataModule):
         stats: dense statistics to use instead of computing them on train (e.g.
             the ones an export bundle or a checkpoint carries), as
             :class:`DenseStats` or its ``to_dict()``.
-        drop_last: train only: equal full batches on every rank/worker (see
-            :class:`ParquetIterableDataset`); use it under DDP.
+        drop_last: train only. True: equal full batches on every rank and worker
+            (see :class:`ParquetIterableDataset`); False: every row exactly once;
+            None (default): True when the trainer runs on more than one process,
+            where a rank with one batch more than the others would wait forever
+            in a collective.
         persistent_workers, pin_memory: passed to the DataLoaders.
         shard_rows, buffer_shards: see :class:`ParquetIterableDataset`.
+        train_filter: a label column; the train loader yields only rows where it
+            is 1 (retrieval learns from positives). Valid/test, the corpus and the
+            dense statistics are not filtered.
 
     Example::
 
@@ -68,11 +74,12 @@ class RecDataModule(pl.LightningDataModule):
         seed: int = 0,
         validate: bool = True,
         stats: DenseStats | dict[str, Any] | None = None,
-        drop_last: bool = False,
+        drop_last: bool | None = None,
         persistent_workers: bool = False,
         pin_memory: bool = False,
         shard_rows: int = DEFAULT_SHARD_ROWS,
         buffer_shards: int = DEFAULT_BUFFER_SHARDS,
+        train_filter: str | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -86,8 +93,11 @@ class RecDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.shard_rows = shard_rows
         self.buffer_shards = buffer_shards
+        self.train_filter = train_filter
         self.schema: Schema | None = None
-        self.stats: DenseStats | None = DenseStats.from_dict(stats) if isinstance(stats, dict) else stats
+        self.stats: DenseStats | None = (
+            DenseStats.from_dict(stats) if isinstance(stats, dict) else stats
+        )
         self.converter: BatchConverter | None = None
         self.validation_report: dict[str, Any] | None = None
         self._epoch = 0  # used when no trainer is attached (see set_epoch)
@@ -98,6 +108,10 @@ class RecDataModule(pl.LightningDataModule):
         if self.converter is not None:
             return
         self.schema = Schema.load(self.path)
+        if self.train_filter is not None and self.train_filter not in self.schema.labels:
+            raise ValueError(
+                f"train_filter {self.train_filter!r} is not a label of the schema {self.schema.labels}"
+            )
         if self.validate:
             self.validation_report = _validate(self.schema)
         if self.stats is None:
@@ -139,7 +153,14 @@ class RecDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
         )
 
-    def split_dataset(self, split: str, shuffle: bool, batch_size: int, drop_last: bool = False) -> ParquetIterableDataset:
+    def split_dataset(
+        self,
+        split: str,
+        shuffle: bool,
+        batch_size: int,
+        drop_last: bool = False,
+        row_filter: str | None = None,
+    ) -> ParquetIterableDataset:
         schema, converter = self._ready()
         return ParquetIterableDataset(
             schema,
@@ -151,10 +172,14 @@ class RecDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             shard_rows=self.shard_rows,
             buffer_shards=self.buffer_shards,
+            row_filter=row_filter,
         )
 
     def train_dataloader(self) -> RecDataLoader:
-        ds = self.split_dataset("train", True, self.batch_size, self.drop_last)
+        drop_last = self.drop_last
+        if drop_last is None:
+            drop_last = self.trainer is not None and self.trainer.world_size > 1
+        ds = self.split_dataset("train", True, self.batch_size, drop_last, self.train_filter)
         return self._loader(ds, epoch_fn=self.current_epoch)
 
     def val_dataloader(self) -> RecDataLoader:
@@ -166,12 +191,16 @@ class RecDataModule(pl.LightningDataModule):
     def corpus_dataloader(self, rank: int = 0, world_size: int = 1) -> RecDataLoader:
         """The item corpus in item-id order (every item once; rank 0 of 1 by default)."""
         schema, converter = self._ready()
-        return self._loader(ItemCorpusDataset(schema, converter, self.eval_batch_size, rank, world_size))
+        return self._loader(
+            ItemCorpusDataset(schema, converter, self.eval_batch_size, rank, world_size)
+        )
 
     def users_dataloader(self, rank: int = 0, world_size: int = 1) -> RecDataLoader:
         """The users snapshot (``files.users``) in user-id order."""
         schema, converter = self._ready()
-        return self._loader(UserSnapshotDataset(schema, converter, self.eval_batch_size, rank, world_size))
+        return self._loader(
+            UserSnapshotDataset(schema, converter, self.eval_batch_size, rank, world_size)
+        )
 
 
 def _validate(schema: Schema) -> dict[str, Any] | None:

@@ -109,10 +109,14 @@ class DenseStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DenseStats:
         if d.get("version") != FORMAT_VERSION:
-            raise ValueError(f"dense stats format version {d.get('version')!r} is not {FORMAT_VERSION}")
+            raise ValueError(
+                f"dense stats format version {d.get('version')!r} is not {FORMAT_VERSION}"
+            )
         return cls(
             {
-                name: Moments(str(v["transform"]), float(v["mean"]), float(v["std"]), int(v["count"]))
+                name: Moments(
+                    str(v["transform"]), float(v["mean"]), float(v["std"]), int(v["count"])
+                )
                 for name, v in d["features"].items()
             }
         )
@@ -169,15 +173,27 @@ def compute_dense_stats(schema: Schema, batch_rows: int = 65_536) -> DenseStats:
                 bad = ~np.isfinite(x)
                 if bad.any():
                     i = int(np.flatnonzero(bad)[0])
-                    what = "log1p of the value is not finite" if f.transform in _LOG1P_TRANSFORMS else "value is not finite"
+                    what = (
+                        "log1p of the value is not finite"
+                        if f.transform in _LOG1P_TRANSFORMS
+                        else "value is not finite"
+                    )
                     raise DataError(
                         f"dense {what}", path, column=f.name, row=offset + i, value=col[i].as_py()
                     )
                 running[f.name].add(x)
     if running[names[0]].n == 0:
-        raise DataError("the train split has no rows (dense statistics need some)", schema.root / schema.files["train"])
+        raise DataError(
+            "the train split has no rows (dense statistics need some)",
+            schema.root / schema.files["train"],
+        )
     return DenseStats(
-        {f.name: Moments(f.transform, running[f.name].mean, running[f.name].std, running[f.name].n) for f in features}
+        {
+            f.name: Moments(
+                f.transform, running[f.name].mean, running[f.name].std, running[f.name].n
+            )
+            for f in features
+        }
     )
 
 

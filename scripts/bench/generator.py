@@ -2,7 +2,8 @@
 
 Times ``ranking.data.synthetic.generate`` (world, simulation and Parquet
 writing of every file) in this one process with every thread pool pinned to 1,
-and prints impressions per second: the median and spread over the repeats.
+and prints impressions per second: the median and spread over the repeats,
+after one untimed warm-up run (``--warmup 0`` counts the cold first run too).
 
     .venv/bin/python scripts/bench/generator.py                      # quickstart size
     .venv/bin/python scripts/bench/generator.py --preset benchmark   # synthetic_benchmark size
@@ -53,9 +54,18 @@ def _cpu_model() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", choices=("quickstart", "benchmark"), default="quickstart")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed runs first (the first run in a process pays one-off page faults "
+        "and lazy library initialisation; its time is printed but not counted)",
+    )
     ap.add_argument("--out", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("overrides", nargs="*", help="SyntheticConfig fields as key=value")
     args = ap.parse_args()
@@ -63,7 +73,11 @@ def main() -> None:
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     overrides = _parse_overrides(args.overrides)
-    cfg = benchmark_config(**overrides) if args.preset == "benchmark" else SyntheticConfig(**overrides)
+    cfg = (
+        benchmark_config(**overrides)
+        if args.preset == "benchmark"
+        else SyntheticConfig(**overrides)
+    )
 
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(
@@ -78,6 +92,10 @@ def main() -> None:
 
     rates, times = [], []
     with tempfile.TemporaryDirectory(dir=args.out) as scratch:
+        for r in range(args.warmup):
+            t0 = time.perf_counter()
+            generate(Path(scratch) / f"warmup{r}", cfg)
+            print(f"warm-up {r}: {time.perf_counter() - t0:.2f} s (not counted)")
         for r in range(args.repeats):
             out = Path(scratch) / f"run{r}"
             t0 = time.perf_counter()

@@ -133,6 +133,9 @@ class SyntheticConfig:
             problems.append("n_products must be at least n_cat_l1 * n_cat_l2_per_l1")
         if self.n_items < self.n_cat_l2:
             problems.append("n_items must be at least n_cat_l1 * n_cat_l2_per_l1")
+        if self.n_cat_l2 < self.max_slots:
+            # the per-category anchor items guarantee max_slots distinct items every day
+            problems.append("n_cat_l1 * n_cat_l2_per_l1 must be at least max_slots")
         if self.n_brands < self.n_cat_l1:
             problems.append("n_brands must be at least n_cat_l1")
         if not (1 <= self.min_expressed <= self.max_expressed):

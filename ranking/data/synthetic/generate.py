@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ranking.data.synthetic.config import SyntheticConfig
-from ranking.data.synthetic.simulate import Simulation
+from ranking.data.synthetic.simulate import Simulation, StepLog
 from ranking.data.synthetic.world import WORLD_JSON, build_world
 from ranking.data.synthetic.write import (
     PartWriter,
@@ -48,6 +48,16 @@ def _check_target(out: Path) -> None:
         )
 
 
+def _tally(step: StepLog) -> np.ndarray:
+    """int64 [policy, (rows, clicks, purchases)] of one step."""
+    c = step.columns
+    out = np.zeros((2, 3), dtype=np.int64)
+    for p in (0, 1):
+        m = c["policy"] == p
+        out[p] = (m.sum(), c["click"][m].sum(), c["purchase"][m].sum())
+    return out
+
+
 def generate(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> Schema:
     """Write the synthetic dataset for ``cfg`` into ``out_dir`` and return its schema.
 
@@ -68,21 +78,11 @@ def generate(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> Schema:
         world.save(tmp)
         write_items(tmp / "items.parquet", world)
         writers = {s: PartWriter(tmp / s, cfg.chunk_rows) for s in SPLITS}
-        counts = {
-            s: np.zeros((2, 3), dtype=np.int64) for s in SPLITS
-        }  # policy x (rows, clicks, buys)
+        counts = {s: np.zeros((2, 3), dtype=np.int64) for s in SPLITS}
         sim = Simulation(world)
         for step in sim.steps():
             writers[step.split].add(step_table(step))
-            c = step.columns
-            pol = c["policy"].astype(np.int64)
-            counts[step.split] += np.stack(
-                [
-                    np.bincount(pol, weights=x, minlength=2)
-                    for x in (np.ones_like(pol), c["click"], c["purchase"])
-                ],
-                axis=1,
-            ).astype(np.int64)
+            counts[step.split] += _tally(step)
         for w in writers.values():
             w.close()
         write_users(tmp / "users.parquet", *sim.user_state())
@@ -97,7 +97,7 @@ def generate(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> Schema:
             }
             for s in SPLITS
         }
-        (tmp / STATS_JSON).write_text(json.dumps(stats, indent=1, sort_keys=True) + "\n")
+        (tmp / STATS_JSON).write_text(json.dumps(stats, indent=1) + "\n")
         write_schema(tmp / "schema.yaml", cfg)
         if out.exists():
             shutil.rmtree(out)

@@ -6,8 +6,11 @@ steps_per_day``), a random time inside the step; the request shows
 ``min_slots..max_slots`` items at positions 0, 1, ... with
 ``ts = request_ts + position``. A request is served entirely by the random
 policy with probability ``random_exposure_share`` (``policy = 1``), else by the
-logging policy (``policy = 0``); see :mod:`.world` for both and their
-propensities.
+logging policy (``policy = 0``); see :mod:`.world` for both. Slots are filled
+in order without repeating an item in a request, so the ``propensity`` of the
+item in slot k is its policy probability renormalised over the items not yet
+shown: ``pi(i) / (1 - sum_{j < k} pi(item_j))``; for the random policy that
+is ``1 / (n_available(day) - position)``.
 
 Visibility rule (no leakage): the user-side sequence features of an impression
 (``hist_items``, ``hist_cats``, ``hist_buy_products``, ``user_click_count``) are
@@ -20,7 +23,8 @@ Purchases happen at the ``ts`` of their click.
 State is O(users): per-user ring buffers of the last ``hist_len`` clicked items
 and the last ``buy_hist_len`` purchased products, plus total counts. Each step
 reads the buffers (as of the end of the previous step) for its requests, draws
-outcomes, then appends the step's clicks and purchases in (user, ts) order.
+outcomes, then appends the step's clicks and purchases (one contiguous,
+time-ordered run per user, since a user makes one request per step).
 Randomness comes from one generator per day (:func:`.world.day_seed`), consumed
 in a fixed order, so the stream does not depend on how rows are chunked.
 """
@@ -41,6 +45,9 @@ from ranking.data.synthetic.world import (
     outcome_probabilities,
 )
 
+_MAX_REDRAWS = 100_000  # rejection rounds per step before giving up
+_CANDIDATES = 4  # draws per request and rejection round
+
 
 class RingBuffer:
     """Last ``cap`` values per user, most recent last when read.
@@ -56,12 +63,14 @@ class RingBuffer:
         self.total = np.zeros(n_users, dtype=np.int64)  # values ever appended
 
     def append(self, users: np.ndarray, values: np.ndarray) -> None:
-        """Append ``values`` [N] to ``users`` [N]; users sorted ascending, each user's
-        values in chronological order."""
+        """Append ``values`` [N] to ``users`` [N]. Each user's values must be one
+        contiguous run, in chronological order (users in any order)."""
         n = users.shape[0]
         if n == 0:
             return
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        if np.unique(users[starts]).shape[0] != starts.shape[0]:
+            raise ValueError("RingBuffer.append: a user's values must be contiguous")
         counts = np.diff(np.r_[starts, n])
         rank = np.arange(n) - np.repeat(starts, counts)  # 0.. within the user's run
         k = np.repeat(counts, counts)
@@ -106,7 +115,8 @@ def ragged(
 
 @dataclass
 class StepLog:
-    """Rows of one step, all arrays of length N (lists as offsets [N+1] + values)."""
+    """Rows of one step, ordered by request start time, then position. Arrays have
+    length N; lists are (offsets [N+1], values)."""
 
     day: int
     split: str
@@ -163,7 +173,7 @@ class Simulation:
         d = w.derived
         step_start = cfg.start_ts + day * 86_400 + step * cfg.step_seconds
 
-        # ---- requests (users ascending) -------------------------------------------
+        # ---- requests, in time order (ties by user id) ---------------------------------
         users = np.flatnonzero(rng.random(w.n_users) < self._p_step).astype(np.int64)
         R = users.shape[0]
         n_slots = rng.integers(cfg.min_slots, cfg.max_slots + 1, size=R)
@@ -171,6 +181,13 @@ class Simulation:
         req_ts = step_start + rng.integers(0, cfg.step_seconds - cfg.max_slots + 1, size=R)
         if R == 0:
             return None
+        by_time = np.argsort(req_ts, kind="stable")
+        users, n_slots, is_random, req_ts = (
+            users[by_time],
+            n_slots[by_time],
+            is_random[by_time],
+            req_ts[by_time],
+        )
         N = int(n_slots.sum())
         req_of_row = np.repeat(np.arange(R), n_slots)
         req_start = np.zeros(R, dtype=np.int64)
@@ -179,27 +196,8 @@ class Simulation:
         row_user = users[req_of_row]
         row_random = is_random[req_of_row]
 
-        # ---- exposure: both policies draw for every row (fixed stream), one is kept --
-        r_explore = rng.random(N)
-        r_cat = rng.random(N)
-        r_item = rng.random(N)
-        r_uniform = rng.integers(0, pol.available_items.shape[0], size=N)
-        explore = r_explore < cfg.explore_share
-        pick = (r_cat[:, None] >= self._user_cdf[row_user]).sum(axis=1)
-        cat_user = w.user_interest_cat[row_user, pick]
-        cat_global = np.searchsorted(self._cat_cdf, r_cat, side="right")
-        cat = np.where(explore, cat_global, cat_user)
-        t = pol.cat_lo[cat] + r_item * pol.cat_total[cat]
-        j = np.searchsorted(pol.cum, t, side="right")
-        j = np.clip(j, pol.first_pos[cat], pol.last_pos[cat])
-        item_logged = pol.order[j]
-        item_random = pol.available_items[r_uniform]
-        item = np.where(row_random, item_random, item_logged)
-        # propensity of the policy that served the row
-        logged_prop = (
-            category_policy(w, row_user, cat) * pol.weight[item_logged] / pol.cat_total[cat]
-        )
-        propensity = np.where(row_random, 1.0 / pol.available_items.shape[0], logged_prop)
+        # ---- exposure ---------------------------------------------------------------
+        item, propensity = self._expose(rng, pol, users, n_slots, is_random)
 
         # ---- outcomes ---------------------------------------------------------------
         p_click, p_buy = outcome_probabilities(w, row_user, item, position)
@@ -214,7 +212,8 @@ class Simulation:
         hist_cats = (hist_items[0], d["item_l2"][hist_items[1]])
         hist_buys = ragged(b_len, b_vals, req_of_row)
 
-        # ---- update state with this step's events (rows are in (user, ts) order) -------
+        # ---- update state with this step's events ------------------------------------
+        # (one request per user and step: each user's rows are contiguous, in ts order)
         self.clicks.append(row_user[click], item[click])
         self.buys.append(row_user[purchase], w.item_product[item[purchase]])
 
@@ -238,6 +237,97 @@ class Simulation:
         self.next_request_id += R
         lists = {"hist_items": hist_items, "hist_cats": hist_cats, "hist_buy_products": hist_buys}
         return StepLog(day=day, split=split, columns=columns, lists=lists)
+
+    def _draw(
+        self, rng: np.random.Generator, pol: DayPolicy, users: np.ndarray, is_random: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One independent draw per request from its policy: (item [n], per-draw
+        probability [n]). Uniforms are drawn for every request (a fixed stream)."""
+        w = self.world
+        cfg = w.config
+        n = users.shape[0]
+        r_explore, r_cat, r_item = rng.random((3, n))
+        r_uniform = rng.integers(0, pol.available_items.shape[0], size=n)
+        item = np.empty(n, dtype=np.int64)
+        prob = np.empty(n, dtype=np.float64)
+        # logging policy: category (expressed interest or global explore), then item
+        lg = np.flatnonzero(~is_random)
+        lu, rc = users[lg], r_cat[lg]
+        pick = (rc[:, None] >= self._user_cdf[lu]).sum(axis=1)
+        cat = np.where(
+            r_explore[lg] < cfg.explore_share,
+            np.searchsorted(self._cat_cdf, rc, side="right"),
+            w.user_interest_cat[lu, pick],
+        )
+        t = pol.cat_lo[cat] + r_item[lg] * pol.cat_total[cat]
+        j = np.clip(
+            np.searchsorted(pol.cum, t, side="right"), pol.first_pos[cat], pol.last_pos[cat]
+        )
+        item[lg] = pol.order[j]
+        prob[lg] = category_policy(w, lu, cat) * pol.weight[item[lg]] / pol.cat_total[cat]
+        # random policy: uniform over the items available today
+        rd = np.flatnonzero(is_random)
+        item[rd] = pol.available_items[r_uniform[rd]]
+        prob[rd] = 1.0 / pol.available_items.shape[0]
+        return item, prob
+
+    def _expose(
+        self,
+        rng: np.random.Generator,
+        pol: DayPolicy,
+        users: np.ndarray,
+        n_slots: np.ndarray,
+        is_random: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fill the slots of every request without repeating an item in a request.
+
+        Sequential semantics: slot k takes independent draws from the request's
+        policy until one is not among the items of slots < k (rejection), so it
+        holds item i with probability ``pi(i) / (1 - sum of pi over the items in
+        slots < k)``: the row's propensity.
+
+        Vectorised: the first draw of every slot is made up front for all rows.
+        Then, in rounds, each request whose items still repeat redraws its
+        *first* repeating slot (the slots before it are final), taking
+        ``_CANDIDATES`` draws at a time and keeping the first acceptable one,
+        which is the same as drawing them one by one.
+
+        Returns (item [N], propensity [N]) in request-major row order.
+        """
+        R, S = users.shape[0], int(n_slots.max())
+        filled = np.arange(S)[None, :] < n_slots[:, None]
+        req_of_row = np.repeat(np.arange(R), n_slots)
+        first_item, first_p = self._draw(rng, pol, users[req_of_row], is_random[req_of_row])
+        slot_item = np.full((R, S), -1, dtype=np.int64)
+        base = np.zeros((R, S), dtype=np.float64)
+        slot_item[filled], base[filled] = first_item, first_p
+        before = np.tri(S, S, -1, dtype=bool)  # before[k, j]: slot j precedes slot k
+
+        def first_repeat(req: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            m = slot_item[req]
+            rep = ((m[:, :, None] == m[:, None, :]) & before[None]).any(axis=2) & filled[req]
+            has = rep.any(axis=1)
+            return req[has], rep[has].argmax(axis=1)
+
+        todo, k = first_repeat(np.arange(R))
+        c = _CANDIDATES
+        for _ in range(_MAX_REDRAWS):
+            if todo.size == 0:
+                break
+            it, p = self._draw(rng, pol, np.repeat(users[todo], c), np.repeat(is_random[todo], c))
+            it, p = it.reshape(-1, c), p.reshape(-1, c)
+            earlier = np.where(np.arange(S)[None, :] < k[:, None], slot_item[todo], -1)  # [T, S]
+            ok = ~(it[:, :, None] == earlier[:, None, :]).any(axis=2)  # [T, c]
+            got = np.flatnonzero(ok.any(axis=1))
+            pick = ok[got].argmax(axis=1)
+            slot_item[todo[got], k[got]] = it[got, pick]
+            base[todo[got], k[got]] = p[got, pick]
+            todo, k = first_repeat(todo)
+        else:
+            raise RuntimeError("slot filling did not converge (too few items per request?)")
+        shown_before = np.cumsum(base, axis=1) - base  # policy mass of earlier slots' items
+        prop = base / (1.0 - shown_before)
+        return slot_item[filled], prop[filled]
 
     def user_state(self) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
         """Every user's features as of the end of the simulated log:

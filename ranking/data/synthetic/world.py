@@ -11,17 +11,20 @@ Entities:
                     children; L2 ids are global, ``l1 = l2 // n_cat_l2_per_l1``.
     users           age bucket, gender, city tier, device, activity level; a few
                     *expressed* L2 interests (the logging policy targets them) and
-                    at least one *latent* interest (the policy never targets it,
-                    but clicks respond to it); a taste vector; biases.
+                    at least one *latent* interest (the policy reaches it only
+                    through its exploration share, but clicks respond to it); a
+                    taste vector; click/purchase biases; price sensitivity.
     products        L2 category, brand (raw 10-12 digit code), merchant, price,
                     latent quality.
     creators        channel (self-broadcast, alliance, campaign, top KOL) and a
                     heavy-tailed follower count; self-broadcast creators sell
                     their own merchant's products.
     items           shoppable content: one product, one creator, a content type
-                    (short video, live stream, product card), heavy-tailed
-                    popularity, an availability window in days (live streams are
-                    exposable for ``live_window_days`` only).
+                    (short video, live stream, product card), an appeal and a
+                    taste vector, a heavy-tailed (log-normal) popularity that
+                    follows creator reach, quality and appeal, an availability
+                    window in days (live streams are exposable for
+                    ``live_window_days`` only; some items are released mid-log).
 
 Outcome model (``p_click`` is P(click), ``p_purchase`` is P(click and purchase))::
 
@@ -35,6 +38,11 @@ Outcome model (``p_click`` is P(click), ``p_purchase`` is P(click and purchase))
                  - PRICE_BUY * price_sens_u * price_dev_i
     p_click    = sigmoid(logit_c);   p_purchase = p_click * sigmoid(logit_b)
 
+where s_uk, c_uk are the strength and L2 of user u's interest slot k (expressed
+and latent alike), price_dev_l1 is log(price) minus the mean over the items of
+its L1, price_dev is log(price) minus the mean over all items, and followers_z
+is the z-score of log10(followers) over creators.
+
 Logging policy (``policy == 0``) for user u on day d: pick an L2 category
 (with probability ``1 - explore_share`` one of u's expressed interests, weighted
 by strength; else a category from the global popularity ``cat_pop``), then an
@@ -44,7 +52,14 @@ popularity. Its propensity is therefore exact and cheap::
     pi(i | u, d) = ((1 - eps) * w_u(l2_i) + eps * cat_pop[l2_i]) * pop_i / Z_d(l2_i)
 
 The random policy (``policy == 1``) picks uniformly among the items available
-on day d: propensity ``1 / n_available[d]``.
+on day d: ``1 / n_available[d]``.
+
+A request's slots are filled in order without repeating an item (a repeat is
+redrawn), so the ``propensity`` column of the row in slot k is the policy
+probability renormalised over the items not shown yet in the request,
+``pi(i | u, d) / (1 - sum_{j<k} pi(item_j | u, d))`` (Plackett-Luce style);
+for the random policy ``1 / (n_available[d] - position)``. At position 0 it is
+``pi`` itself (:func:`logging_propensity`, :func:`random_propensity`).
 """
 
 from __future__ import annotations
@@ -101,7 +116,7 @@ _CHANNEL_LOG10_FOLLOWERS = ((3.0, 0.6), (4.3, 0.5), (5.0, 0.4), (6.3, 0.45))
 _CHANNEL_BUY = (0.3, 0.0, 0.2, 0.1)  # self-broadcast converts best (the shop itself)
 _TYPE_BUY = (0.0, 0.4, 0.2)  # live streams convert best
 
-_BLOCK = 65_536  # users per block when a step needs a [users, categories] matrix
+_BLOCK = 65_536  # users per block of the [users, categories] interest logits
 
 
 def world_seed(seed: int) -> np.random.SeedSequence:
@@ -194,6 +209,10 @@ class World:
         # logging policy: per-user normalised weights over the expressed slots
         w = np.where(self.user_interest_expressed, self.user_interest_strength, 0.0)
         d["user_policy_w"] = w / w.sum(axis=1, keepdims=True)
+        # L1 of each interest slot (-1 for empty slots, so it never matches)
+        d["user_interest_l1"] = np.where(
+            self.user_interest_cat >= 0, self.user_interest_cat // cfg.n_cat_l2_per_l1, -1
+        )
         d["user_bias_total"] = self.user_bias + np.asarray(_ACTIVITY_CLICK)[self.user_activity]
 
     @property
@@ -274,6 +293,7 @@ class World:
                 "Q_BUY": Q_BUY,
                 "INTEREST_BUY": INTEREST_BUY,
                 "PRICE_BUY": PRICE_BUY,
+                "LIVE_BOOST": LIVE_BOOST,
                 "activity_click": list(_ACTIVITY_CLICK),
                 "channel_buy": list(_CHANNEL_BUY),
                 "type_buy": list(_TYPE_BUY),
@@ -526,7 +546,7 @@ def interest_affinity(world: World, users: np.ndarray, items: np.ndarray) -> np.
     s = world.user_interest_strength[users] * cfg.interest_scale
     l2 = world.derived["item_l2"][items][:, None]
     exact = cats == l2
-    sib = (cats // cfg.n_cat_l2_per_l1 == l2 // cfg.n_cat_l2_per_l1) & ~exact & (cats >= 0)
+    sib = (world.derived["user_interest_l1"][users] == l2 // cfg.n_cat_l2_per_l1) & ~exact
     return (s * (exact + SIBLING * sib)).sum(axis=1)
 
 
@@ -667,8 +687,10 @@ def logging_propensity(
     day: int,
     policy: DayPolicy | None = None,
 ) -> np.ndarray:
-    """float64 [N]: probability that the logging policy shows item i in one slot
-    of a request of user u on ``day`` (0 for items unavailable that day)."""
+    """float64 [N]: pi(i | u, day), the probability of one draw of the logging
+    policy for user u on ``day`` (0 for items unavailable that day); sums to 1
+    over the items. It is the propensity of a row at position 0; later slots
+    renormalise it over the items not shown yet (see the module docstring)."""
     users = np.asarray(user_ids, dtype=np.int64)
     items = np.asarray(item_ids, dtype=np.int64)
     _check_ids(world, users, items)
@@ -677,6 +699,7 @@ def logging_propensity(
     return category_policy(world, users, cats) * pol.weight[items] / pol.cat_total[cats]
 
 
-def random_propensity(world: World, day: int) -> float:
-    """Propensity of every row of the random policy on ``day``: 1 / items available."""
-    return 1.0 / world.n_available(day)
+def random_propensity(world: World, day: int, position: np.ndarray | int = 0) -> np.ndarray:
+    """Propensity of the random policy's rows on ``day``: 1 / (items available -
+    position), the uniform draw among the items not shown yet in the request."""
+    return 1.0 / (world.n_available(day) - np.asarray(position, dtype=np.float64))

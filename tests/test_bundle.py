@@ -1,0 +1,136 @@
+"""The export bundle loads without the training stack and matches the eager models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ranking.data.datamodule import RecDataModule
+from ranking.pipeline import export_run
+from ranking.schema import Side
+from ranking.serving.convert import flat_inputs
+
+BLOCKED = ["torchrec", "fbgemm_gpu", "lightning", "pytorch_lightning", "hydra", "mlflow", "omegaconf"]
+
+# Runs in a fresh interpreter where the training stack cannot be imported.
+BLOCKER = textwrap.dedent(
+    f"""
+    import importlib.abc, sys
+    BLOCKED = {BLOCKED!r}
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"blocked in this test: {{name}}")
+            return None
+    sys.meta_path.insert(0, Block())
+    for name in BLOCKED:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+        else:
+            raise SystemExit(f"{{name}} is importable: the block does not work")
+    """
+)
+
+SCORE = textwrap.dedent(
+    """
+    import torch
+    bundle, cases, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    cases = torch.load(cases)
+    models = {name: torch.jit.load(f"{bundle}/{name}.pt") for name in ("user_tower", "item_tower", "ranker")}
+    results = {key: models[key.split("@")[0]](inputs) for key, inputs in cases.items()}
+    torch.save(results, out)
+    leaked = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    assert not leaked, leaked
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_trained, tiny_dataset, tmp_path_factory) -> Path:
+    cfg, retrieval, ranking, _ = tiny_trained
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    return export_run(cfg, tiny_dataset, retrieval, ranking, out, {"test/auc/click": 0.5}, None)
+
+
+@pytest.mark.parametrize("size", [1, 7, 512])
+def test_bundle_matches_eager_models_without_training_stack(bundle, tiny_trained, tiny_dataset, tmp_path, size):
+    _, retrieval, ranking, _ = tiny_trained
+    dm = RecDataModule(tiny_dataset, batch_size=size, eval_batch_size=size, validate=False)
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    assert len(batch) == size
+    schema = dm.schema
+    with torch.no_grad():
+        want = {
+            "user_tower": retrieval.model.encode_users(batch),
+            "item_tower": retrieval.model.encode_items(batch),
+            "ranker": torch.sigmoid(ranking.model(batch)),
+        }
+    cases = {
+        "user_tower": flat_inputs(schema, batch, (Side.USER,)),
+        "item_tower": flat_inputs(schema, batch, (Side.ITEM,)),
+        "ranker": flat_inputs(schema, batch, (Side.USER, Side.ITEM, Side.CONTEXT)),
+    }
+    torch.save(cases, tmp_path / "cases.pt")
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKER + SCORE, str(bundle), str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    for key in want:
+        assert got[key].shape == want[key].shape
+        diff = (got[key] - want[key]).abs().max().item()
+        assert diff < 1e-5, f"{key} at batch {size}: max abs diff {diff}"
+
+
+def test_manifest_describes_every_file(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    files = {p.name for p in bundle.iterdir() if p.name != "manifest.json"}
+    assert set(manifest["files"]) == files
+    assert {"user_tower.pt", "item_tower.pt", "ranker.pt", "items.faiss"} <= files
+    ranker = manifest["artifacts"]["ranker"]
+    assert ranker["tasks"] == ["click"]
+    names = [i["name"] for i in ranker["inputs"]]
+    assert "hist_items" in names and "dense_context" in names
+    emb = np.load(bundle / "item_embeddings.npy")
+    ids = np.load(bundle / "item_ids.npy")
+    assert emb.shape[0] == ids.shape[0] == manifest["index"]["ntotal"]
+
+
+def test_recommend_cli_from_bundle_alone(bundle, tmp_path):
+    code = BLOCKER + textwrap.dedent(
+        f"""
+        from ranking.serving.recommend import main
+        rc = main(["--bundle", {str(bundle)!r}, "--users", "0", "5", "17", "--top-n", "5"])
+        leaked = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+        assert not leaked, leaked
+        sys.exit(rc)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [line["user_id"] for line in lines] == [0, 5, 17]
+    corpus = set(np.load(bundle / "item_ids.npy").tolist())
+    for line in lines:
+        assert len(line["items"]) == 5 and len(set(line["items"])) == 5
+        assert set(line["items"]) <= corpus
+        assert line["scores"] == sorted(line["scores"], reverse=True)
+
+
+def test_recommend_unknown_user_is_a_clear_error(bundle, capsys):
+    from ranking.serving.recommend import main
+
+    assert main(["--bundle", str(bundle), "--users", "999999"]) == 2
+    assert "user id 999999 is not in the bundle" in capsys.readouterr().err
