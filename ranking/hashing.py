@@ -51,6 +51,8 @@ def string_to_int(values: list[str] | np.ndarray) -> np.ndarray:
     return codes[inverse].view(np.int64)
 
 
-def hash_strings(values: list[str] | np.ndarray, buckets: int, seed: int = DEFAULT_SEED) -> np.ndarray:
+def hash_strings(
+    values: list[str] | np.ndarray, buckets: int, seed: int = DEFAULT_SEED
+) -> np.ndarray:
     """Map strings to rows in [0, buckets)."""
     return hash_int(string_to_int(values), buckets, seed)

@@ -88,7 +88,9 @@ def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
     return build_datamodule(cfg, path, train_filter=positive)
 
 
-def make_trainer(cfg: DictConfig, epochs: int, logger: StageLogger | None, run_dir: Path) -> pl.Trainer:
+def make_trainer(
+    cfg: DictConfig, epochs: int, logger: StageLogger | None, run_dir: Path
+) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs,
         logger=logger if logger is not None else False,

@@ -231,8 +231,18 @@ class Schema:
         resolved = []
         for f in features:
             if f.is_sparse and f.vocab_size is None and f.hash_buckets is None:
-                owner = next(g for g in features if g.name in tables[f.table].features and (g.vocab_size or g.hash_buckets))
-                f = Feature(**{**f.__dict__, "vocab_size": owner.vocab_size, "hash_buckets": owner.hash_buckets})
+                owner = next(
+                    g
+                    for g in features
+                    if g.name in tables[f.table].features and (g.vocab_size or g.hash_buckets)
+                )
+                f = Feature(
+                    **{
+                        **f.__dict__,
+                        "vocab_size": owner.vocab_size,
+                        "hash_buckets": owner.hash_buckets,
+                    }
+                )
             resolved.append(f)
         files = dict(need("files"))
         for key in (*SPLITS, "items"):
@@ -262,8 +272,16 @@ class Schema:
 def _parse_feature(name: str, spec: dict[str, Any], source: str) -> Feature:
     where = f"{source}: feature {name!r}"
     known = {
-        "side", "kind", "table", "vocab_size", "hash_buckets", "dim", "pooling",
-        "max_len", "truncate", "transform",
+        "side",
+        "kind",
+        "table",
+        "vocab_size",
+        "hash_buckets",
+        "dim",
+        "pooling",
+        "max_len",
+        "truncate",
+        "transform",
     }
     unknown = set(spec) - known
     if unknown:
@@ -368,7 +386,9 @@ def _check_roles(s: Schema, source: str) -> None:
     roles = [*s.labels, *s.oracle.values(), *s.ignore, s.time]
     for c in roles:
         if c in names:
-            raise SchemaError(f"{source}: column {c!r} is a feature and also a label/oracle/ignored/time column")
+            raise SchemaError(
+                f"{source}: column {c!r} is a feature and also a label/oracle/ignored/time column"
+            )
     for task in s.oracle:
         if task not in s.labels:
             raise SchemaError(f"{source}: oracle entry {task!r} is not a label")

@@ -78,7 +78,9 @@ class Tracker:
             mlflow.set_experiment(experiment)
 
     @contextmanager
-    def parent(self, cfg: DictConfig, dataset: str, run_name: str | None = None) -> Iterator[str | None]:
+    def parent(
+        self, cfg: DictConfig, dataset: str, run_name: str | None = None
+    ) -> Iterator[str | None]:
         if not self.enabled:
             yield None
             return

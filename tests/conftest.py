@@ -11,8 +11,16 @@ from ranking.cli import CONFIG_PATH
 
 # A world small enough to generate in about a second but with every feature kind.
 TINY_WORLD = dict(
-    n_users=300, n_items=240, n_products=120, n_creators=40, n_merchants=30, n_brands=25,
-    n_days=6, valid_days=1, test_days=1, requests_per_user_day=2.0,
+    n_users=300,
+    n_items=240,
+    n_products=120,
+    n_creators=40,
+    n_merchants=30,
+    n_brands=25,
+    n_days=6,
+    valid_days=1,
+    test_days=1,
+    requests_per_user_day=2.0,
 )
 
 

@@ -17,7 +17,15 @@ from ranking.pipeline import export_run
 from ranking.schema import Side
 from ranking.serving.convert import flat_inputs
 
-BLOCKED = ["torchrec", "fbgemm_gpu", "lightning", "pytorch_lightning", "hydra", "mlflow", "omegaconf"]
+BLOCKED = [
+    "torchrec",
+    "fbgemm_gpu",
+    "lightning",
+    "pytorch_lightning",
+    "hydra",
+    "mlflow",
+    "omegaconf",
+]
 
 # Runs in a fresh interpreter where the training stack cannot be imported.
 BLOCKER = textwrap.dedent(
@@ -62,7 +70,9 @@ def bundle(tiny_trained, tiny_dataset, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("size", [1, 7, 512])
-def test_bundle_matches_eager_models_without_training_stack(bundle, tiny_trained, tiny_dataset, tmp_path, size):
+def test_bundle_matches_eager_models_without_training_stack(
+    bundle, tiny_trained, tiny_dataset, tmp_path, size
+):
     _, retrieval, ranking, _ = tiny_trained
     dm = RecDataModule(tiny_dataset, batch_size=size, eval_batch_size=size, validate=False)
     dm.setup()
@@ -82,8 +92,17 @@ def test_bundle_matches_eager_models_without_training_stack(bundle, tiny_trained
     }
     torch.save(cases, tmp_path / "cases.pt")
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER + SCORE, str(bundle), str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-c",
+            BLOCKER + SCORE,
+            str(bundle),
+            str(tmp_path / "cases.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt")
@@ -118,7 +137,9 @@ def test_recommend_cli_from_bundle_alone(bundle, tmp_path):
         sys.exit(rc)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [line["user_id"] for line in lines] == [0, 5, 17]

@@ -20,8 +20,11 @@ def test_ranking_metrics_match_sklearn_over_batches():
     q = np.clip(p + rng.normal(0, 0.05, n), 0.01, 0.99).astype(np.float32)
     m = RankingMetrics(["click"])
     for s in range(0, n, 300):
-        m.update(torch.from_numpy(p[s : s + 300, None]), {"click": torch.from_numpy(y[s : s + 300])},
-                 {"click": torch.from_numpy(q[s : s + 300])})
+        m.update(
+            torch.from_numpy(p[s : s + 300, None]),
+            {"click": torch.from_numpy(y[s : s + 300])},
+            {"click": torch.from_numpy(q[s : s + 300])},
+        )
     out = m.compute()
     assert out["auc/click"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
     assert out["oracle_auc/click"] == pytest.approx(roc_auc_score(y, q), abs=1e-6)

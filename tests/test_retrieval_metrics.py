@@ -68,8 +68,13 @@ def test_full_corpus_evaluator_matches_brute_force():
     for _ in range(300):
         u = int(rng.integers(n_users))
         rows.append(
-            (u, int(rng.integers(10_000)), rng.normal(size=dim).astype(np.float32),
-             int(item_ids[rng.integers(n_items)]), bool(rng.random() < 0.3))
+            (
+                u,
+                int(rng.integers(10_000)),
+                rng.normal(size=dim).astype(np.float32),
+                int(item_ids[rng.integers(n_items)]),
+                bool(rng.random() < 0.3),
+            )
         )
     ev = FullCorpusEvaluator(num_users=n_users, dim=dim)
     for start in range(0, len(rows), 64):  # several batches: earliest row must win across them

@@ -34,8 +34,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         write_metrics(run_dir / "metrics.json", metrics)
         if "export" in cfg.stages:
             bundle = export_run(
-                cfg, data_dir, modules["retrieval"], modules["ranking"], run_dir / "bundle",
-                metrics, run_id,
+                cfg,
+                data_dir,
+                modules["retrieval"],
+                modules["ranking"],
+                run_dir / "bundle",
+                metrics,
+                run_id,
             )
             write_metrics(bundle.parent / "metrics.json", metrics)
             tracker.log_artifacts(bundle, "bundle")
@@ -47,8 +52,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if "export" in cfg.stages:
         print(f"bundle:  {run_dir / 'bundle'}")
     if run_id:
-        print(f"mlflow:  run {run_id} in {cfg.mlflow.tracking_uri} "
-              f"(open: mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri})")
+        print(
+            f"mlflow:  run {run_id} in {cfg.mlflow.tracking_uri} "
+            f"(open: mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri})"
+        )
     return metrics
 
 

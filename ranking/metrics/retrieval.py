@@ -34,7 +34,10 @@ def topk_items(
 
 
 def topk_metrics(
-    topk: np.ndarray, positives: list[np.ndarray] | None, ks: tuple[int, ...], hits: np.ndarray | None = None
+    topk: np.ndarray,
+    positives: list[np.ndarray] | None,
+    ks: tuple[int, ...],
+    hits: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Recall, hit rate and NDCG at each k.
 
@@ -105,7 +108,9 @@ class FullCorpusEvaluator:
         self, item_emb: torch.Tensor, item_ids: torch.Tensor, ks: tuple[int, ...] = (10, 50, 100)
     ) -> dict[str, float]:
         """Args: item_emb [N, D] for the corpus, item_ids [N] their ids."""
-        pairs = np.unique(np.concatenate(self.pairs) if self.pairs else np.zeros((0, 2), np.int64), axis=0)
+        pairs = np.unique(
+            np.concatenate(self.pairs) if self.pairs else np.zeros((0, 2), np.int64), axis=0
+        )
         users, starts, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
         corpus_ids = item_ids.cpu().numpy()
         rows = topk_items(torch.from_numpy(self.queries[users]), item_emb.float(), max(ks))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ranking.data.batch import Batch
-from ranking.models.heads import DLRMHead
+from ranking.models.dlrm_head import DLRMHead
 from ranking.modules.embedding import ebc_from_schema
 from ranking.schema import Schema, Side
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ranking.data.batch import Batch
-from ranking.models.heads import TowerHead
+from ranking.models.tower_head import TowerHead
 from ranking.modules.embedding import ebc_from_schema, feature_dims
 from ranking.schema import Schema, Side
 

@@ -63,7 +63,10 @@ class PaddedEmbeddingBags(nn.Module):
         }
         self.names: list[str] = [f[0] for f in features]
         self.bags = nn.ModuleList(
-            [FeatureBag(weights[table], is_list, pooling == "mean") for _, table, is_list, pooling in features]
+            [
+                FeatureBag(weights[table], is_list, pooling == "mean")
+                for _, table, is_list, pooling in features
+            ]
         )
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

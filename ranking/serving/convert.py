@@ -28,7 +28,9 @@ def gather_tables(ebc: EmbeddingBagCollection) -> dict[str, torch.Tensor]:
     }
 
 
-def padded_bags(schema: Schema, ebc: EmbeddingBagCollection, features: list[str]) -> PaddedEmbeddingBags:
+def padded_bags(
+    schema: Schema, ebc: EmbeddingBagCollection, features: list[str]
+) -> PaddedEmbeddingBags:
     tables = gather_tables(ebc)
     specs = []
     for name in features:
@@ -40,12 +42,16 @@ def padded_bags(schema: Schema, ebc: EmbeddingBagCollection, features: list[str]
 
 def user_tower_predictor(schema: Schema, model: TwoTower) -> TowerPredictor:
     head = copy.deepcopy(model.user_tower).cpu().eval()
-    return TowerPredictor(padded_bags(schema, model.sparse, head.features), head, "dense_user").eval()
+    return TowerPredictor(
+        padded_bags(schema, model.sparse, head.features), head, "dense_user"
+    ).eval()
 
 
 def item_tower_predictor(schema: Schema, model: TwoTower) -> TowerPredictor:
     head = copy.deepcopy(model.item_tower).cpu().eval()
-    return TowerPredictor(padded_bags(schema, model.sparse, head.features), head, "dense_item").eval()
+    return TowerPredictor(
+        padded_bags(schema, model.sparse, head.features), head, "dense_item"
+    ).eval()
 
 
 def ranker_predictor(schema: Schema, model: DLRM) -> RankerPredictor:

@@ -80,7 +80,12 @@ def input_specs(schema: Schema, sides: tuple[Side, ...]) -> list[dict[str, Any]]
     for side in sides:
         dense = [f.name for f in schema.dense(side)]
         specs.append(
-            {"name": f"dense_{side}", "dtype": "float32", "shape": ["B", len(dense)], "columns": dense}
+            {
+                "name": f"dense_{side}",
+                "dtype": "float32",
+                "shape": ["B", len(dense)],
+                "columns": dense,
+            }
         )
     return specs
 
@@ -150,11 +155,21 @@ def export_bundle(
     np.savez(out / "user_snapshot.npz", **users)
 
     manifest = build_manifest(
-        schema, dense_stats, retrieval, tasks, metrics or {}, run_id, retrieve_k,
-        rank_by or tasks[0], n_items=len(item_ids), n_users=len(users["user_ids"]),
+        schema,
+        dense_stats,
+        retrieval,
+        tasks,
+        metrics or {},
+        run_id,
+        retrieve_k,
+        rank_by or tasks[0],
+        n_items=len(item_ids),
+        n_users=len(users["user_ids"]),
     )
     manifest["files"] = {
-        p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"
+        p.name: _sha256(p)
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.name != "manifest.json"
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
     return out
@@ -210,13 +225,21 @@ def build_manifest(
                 "file": "user_tower.pt",
                 "format": "torchscript",
                 "inputs": input_specs(schema, (Side.USER,)),
-                "output": {"name": "user_embedding", "dtype": "float32", "shape": ["B", retrieval.out_dim]},
+                "output": {
+                    "name": "user_embedding",
+                    "dtype": "float32",
+                    "shape": ["B", retrieval.out_dim],
+                },
             },
             "item_tower": {
                 "file": "item_tower.pt",
                 "format": "torchscript",
                 "inputs": input_specs(schema, (Side.ITEM,)),
-                "output": {"name": "item_embedding", "dtype": "float32", "shape": ["B", retrieval.out_dim]},
+                "output": {
+                    "name": "item_embedding",
+                    "dtype": "float32",
+                    "shape": ["B", retrieval.out_dim],
+                },
             },
             "ranker": {
                 "file": "ranker.pt",

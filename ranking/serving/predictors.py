@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ranking.models.heads import DLRMHead, TowerHead
+from ranking.models.dlrm_head import DLRMHead
+from ranking.models.tower_head import TowerHead
 from ranking.modules.padded_bags import PaddedEmbeddingBags
 
 

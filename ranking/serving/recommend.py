@@ -82,7 +82,9 @@ class Recommender:
             if name == "dense_context":
                 inputs[name] = torch.zeros(n_users * k, int(spec["shape"][1]), dtype=torch.float32)
             else:  # context features take the manifest's serving defaults
-                inputs[name] = torch.full((n_users * k,), int(self.context_defaults[name]), dtype=torch.int64)
+                inputs[name] = torch.full(
+                    (n_users * k,), int(self.context_defaults[name]), dtype=torch.int64
+                )
         probs = self.ranker(inputs)[:, self.rank_col].reshape(n_users, k)
         top = torch.topk(probs, min(top_n, k), dim=1)
         out = []

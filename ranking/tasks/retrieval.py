@@ -22,7 +22,10 @@ class RetrievalTask(nn.Module):
     """
 
     def __init__(
-        self, positive_label: str = "click", temperature: float = 0.05, mask_accidental_hits: bool = True
+        self,
+        positive_label: str = "click",
+        temperature: float = 0.05,
+        mask_accidental_hits: bool = True,
     ) -> None:
         super().__init__()
         self.positive_label = positive_label
