@@ -30,13 +30,19 @@ CHECKPOINTS = {"retrieval": "retrieval.ckpt", "ranking": "ranking.ckpt"}
 
 
 def prepare_dataset(cfg: DictConfig) -> Path:
-    """The dataset directory; generates the synthetic world there if it is absent
-    and the data config allows it (an existing directory is never overwritten)."""
+    """The dataset directory. The synthetic world is generated only at its own
+    default location (``data.generate_at``) when that is absent: a mistyped
+    ``data.path`` is an error, never a silently generated dataset."""
     path = Path(cfg.data.path)
     if (path / SCHEMA_FILE).exists():
         return path
-    if path.exists() or not cfg.data.get("generate_if_missing", False):
-        raise DataError(f"no {SCHEMA_FILE} here: not a dataset directory", file=path)
+    generate_at = cfg.data.get("generate_at")
+    if path.exists() or generate_at is None or path != Path(generate_at):
+        raise DataError(
+            f"no {SCHEMA_FILE} here: not a dataset directory "
+            "(make a synthetic one with `ranking-data out=DIR`)",
+            file=path,
+        )
     from ranking.data.synthetic import SyntheticConfig, generate
 
     log.info("No dataset at %s: generating the synthetic world there.", path)

@@ -1,0 +1,133 @@
+"""The console commands end to end, as a user runs them (subprocesses, tiny world)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import TINY_WORLD
+
+BIN = Path(sys.executable).parent
+WORLD = [f"world.{k}={v}" for k, v in TINY_WORLD.items()]
+FAST = [
+    "retrieval.epochs=1",
+    "ranking.epochs=1",
+    "data.batch_size=256",
+    "data.eval_batch_size=512",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """`ranking-data` then `ranking-train` in a fresh working directory."""
+    work = tmp_path_factory.mktemp("work")
+    made = cli("ranking-data", "out=ds", *WORLD, cwd=work)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert (work / "ds" / "schema.yaml").exists()
+    trained = cli("ranking-train", "data.path=ds", *FAST, cwd=work)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return work, trained.stdout
+
+
+@pytest.mark.slow
+def test_train_prints_where_everything_went(trained_run):
+    work, out = trained_run
+    run = (work / "runs" / "latest").resolve()
+    assert f"metrics: {run / 'metrics.json'}" in out
+    assert f"bundle:  {run / 'bundle'}" in out
+    assert "mlflow:  run " in out and "sqlite:///mlflow.db" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("test/recall@100", "test/ndcg@10", "test/hit@50", "test/auc/click"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    bundle = json.loads((run / "bundle" / "manifest.json").read_text())
+    assert bundle["metrics"]["test/auc/click"] == metrics["test/auc/click"]
+    assert (run / "bundle" / "metrics.json").exists() or (run / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_parent_and_child_runs(trained_run):
+    import mlflow
+
+    work, _ = trained_run
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ranking")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"retrieval", "ranking"}
+    assert parent.data.params["retrieval.model.out_dim"] == "64"
+    assert parent.data.params["data.path"] == "ds"
+    assert len(parent.data.tags["git_commit"]) in (40, len("unknown"))
+    assert parent.data.tags["dataset"] == "synthetic_interest_ecommerce"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"bundle", "config.yaml", "metrics.json"} <= artifacts
+    assert "test/recall_at_100" in parent.data.metrics
+    assert "test/auc/click" in children["ranking"].data.metrics
+    history = client.get_metric_history(children["retrieval"].info.run_id, "valid/recall_at_100")
+    assert len(history) == 1  # one epoch -> one validation point
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_run_metrics(trained_run):
+    work, _ = trained_run
+    res = cli("ranking-eval", "run=runs/latest", cwd=work)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = (work / "runs" / "latest").resolve()
+    first = json.loads((run / "metrics.json").read_text())
+    again = json.loads((run / "eval_metrics.json").read_text())
+    for key in ("test/recall@100", "test/auc/click"):
+        assert again[key] == pytest.approx(first[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_export_then_recommend(trained_run):
+    work, _ = trained_run
+    res = cli("ranking-export", "run=runs/latest", "out=exported", cwd=work)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (work / "exported" / "manifest.json").exists()
+    rec = cli("ranking-recommend", "--bundle", "exported", "--users", "3", "4", "--top-n", "7", cwd=work)
+    assert rec.returncode == 0, rec.stderr[-3000:]
+    lines = [json.loads(x) for x in rec.stdout.splitlines()]
+    assert [x["user_id"] for x in lines] == [3, 4]
+    assert all(len(x["items"]) == 7 for x in lines)
+
+
+@pytest.mark.slow
+def test_train_on_bad_data_names_file_column_row(trained_run):
+    work, _ = trained_run
+    bad = work / "bad"
+    subprocess.run(["cp", "-r", str(work / "ds"), str(bad)], check=True)
+    part = sorted((bad / "train").glob("*.parquet"))[0]
+    table = pq.read_table(part)
+    ages = table.column("age_bucket").to_pylist()
+    ages[5] = 99
+    idx = table.schema.get_field_index("age_bucket")
+    import pyarrow as pa
+
+    pq.write_table(table.set_column(idx, "age_bucket", pa.array(ages, pa.int64())), part)
+    res = cli("ranking-train", "data.path=bad", *FAST, cwd=work)
+    assert res.returncode == 2
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ")
+    assert part.name in err and "'age_bucket'" in err and "row 5" in err and "99" in err
+
+
+@pytest.mark.slow
+def test_missing_dataset_directory_is_a_clear_error(tmp_path):
+    res = cli("ranking-train", "data.path=nowhere", *FAST, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "nowhere" in res.stderr and "schema.yaml" in res.stderr
