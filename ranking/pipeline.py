@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ranking.data.datamodule import RecDataModule
 from ranking.data.errors import DataError
@@ -71,17 +72,25 @@ def _build(node: DictConfig, schema: Schema) -> torch.nn.Module:
 
 def build_retrieval(cfg: DictConfig, schema: Schema) -> RetrievalModule:
     model = _build(cfg.retrieval.model, schema)
-    task = instantiate(cfg.retrieval.task, _convert_="all")
+    num_items = schema.feature(schema.item_id).vocab_size
+    task = instantiate(cfg.retrieval.task, num_items=num_items, _convert_="all")
     optimizer = instantiate(cfg.retrieval.optimizer)
     num_users = schema.feature(schema.user_id).vocab_size
-    return RetrievalModule(model, task, optimizer, num_users=num_users)
+    evaluation = OmegaConf.to_container(cfg.retrieval.get("eval", {}), resolve=True)
+    return RetrievalModule(model, task, optimizer, num_users=num_users, seed=cfg.seed, **evaluation)
 
 
 def build_ranking(cfg: DictConfig, schema: Schema) -> RankingModule:
     model = _build(cfg.ranking.model, schema)
     task = instantiate(cfg.ranking.task, _convert_="all")
-    optimizer = instantiate(cfg.ranking.optimizer)
-    return RankingModule(model, task, optimizer)
+    opt = cfg.ranking.optimizer
+    if "dense" not in opt:  # a bare torch optimiser for every parameter (optimizer=adam)
+        return RankingModule(model, task, instantiate(opt))
+    # conf/optimizer/fused.yaml: dense optimiser + schedule here; the tables' fused
+    # optimiser (opt.sparse) went into the model (conf/model/dlrm.yaml).
+    schedule = opt.get("schedule")
+    schedule = OmegaConf.to_container(schedule, resolve=True) if schedule else None
+    return RankingModule(model, task, instantiate(opt.dense), schedule=schedule)
 
 
 def build_stage(stage: str, cfg: DictConfig, schema: Schema) -> pl.LightningModule:
@@ -89,22 +98,63 @@ def build_stage(stage: str, cfg: DictConfig, schema: Schema) -> pl.LightningModu
 
 
 def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
-    """Retrieval trains on positive rows only (its task's label); ranking on all."""
-    positive = cfg.retrieval.task.positive_label if stage == "retrieval" else None
-    return build_datamodule(cfg, path, train_filter=positive)
+    """Retrieval trains on positive rows only (its task's label; every row when its
+    loss reads the other impressions too); ranking on all."""
+    task = cfg.retrieval.task
+    all_rows = task.get("hard_negatives", False) or task.get("impression_weight", 0) > 0
+    share = float(cfg.retrieval.get("negative_share", 1.0))  # of the other impressions
+    rows = task.positive_label
+    if all_rows:
+        rows = (task.positive_label, 1.0, share) if share < 1 else None
+    dm = build_datamodule(cfg, path, train_filter=rows if stage == "retrieval" else None)
+    if stage == "retrieval" and cfg.retrieval.get("batch_size"):
+        dm.batch_size = int(cfg.retrieval.batch_size)  # its own train batch (positives)
+    return dm
 
 
 def make_trainer(
-    cfg: DictConfig, epochs: int, logger: StageLogger | None, run_dir: Path
+    cfg: DictConfig,
+    epochs: int,
+    logger: StageLogger | None,
+    run_dir: Path,
+    stage: str | None = None,
 ) -> pl.Trainer:
+    """A Trainer; with ``stage``, it also keeps ``run_dir/checkpoints/<stage>/last.ckpt``
+    up to date after every epoch (what ``resume=`` continues from)."""
+    callbacks = []
+    if stage is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints" / stage,
+                filename="last",
+                save_top_k=1,
+                enable_version_counter=False,
+                # at the very end of the epoch (after validation): a resumed run then
+                # starts the next epoch, whose data order depends on the epoch number
+                save_on_train_epoch_end=True,
+            )
+        )
     return pl.Trainer(
         max_epochs=epochs,
         logger=logger if logger is not None else False,
         default_root_dir=str(run_dir),
-        enable_checkpointing=False,
+        enable_checkpointing=stage is not None,
+        callbacks=callbacks,
         deterministic=False,
         **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
+
+
+def resume_checkpoint(cfg: DictConfig, stage: str) -> Path | None:
+    """``resume=RUN_DIR``: the ``last.ckpt`` a killed run left for ``stage`` (None
+    when that stage never finished an epoch there: it then starts afresh)."""
+    run = cfg.get("resume")
+    if not run:
+        return None
+    if not Path(run).is_dir():
+        raise FileNotFoundError(f"resume={run}: no such run directory")
+    last = Path(run) / "checkpoints" / stage / "last.ckpt"
+    return last if last.exists() else None
 
 
 def train_stage(
@@ -114,12 +164,12 @@ def train_stage(
     dm = stage_datamodule(stage, cfg, path)
     module = build_stage(stage, cfg, dm.schema)
     with tracker.child(stage, dm.schema.name) as logger:
-        trainer = make_trainer(cfg, cfg[stage].epochs, logger, run_dir)
-        trainer.fit(module, datamodule=dm)
+        trainer = make_trainer(cfg, cfg[stage].epochs, logger, run_dir, stage=stage)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(cfg, stage))
         trainer.test(module, datamodule=dm, verbose=False)
         ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
         trainer.save_checkpoint(ckpt)
-        metrics = {k: v for k, v in module.last_metrics.items() if k.startswith("test/")}
+        metrics = {k: v for k, v in module.last_metrics.items() if k.startswith(("test/", "test_"))}
         tracker.log_metrics(metrics)
     return module, metrics
 
@@ -158,6 +208,8 @@ def export_run(
         run_id=run_id,
         retrieve_k=cfg.export.retrieve_k,
         rank_by=cfg.export.rank_by,
+        index=OmegaConf.to_container(cfg.export.get("index", {}), resolve=True),
+        aoti=bool(cfg.export.get("aoti", False)),
     )
 
 

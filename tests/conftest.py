@@ -63,3 +63,13 @@ def tiny_trained(tiny_dataset, tmp_path_factory):
     retrieval, _ = train_stage("retrieval", cfg, tiny_dataset, tracker, run_dir)
     ranking, _ = train_stage("ranking", cfg, tiny_dataset, tracker, run_dir)
     return cfg, retrieval.eval(), ranking.eval(), run_dir
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_trained, tiny_dataset, tmp_path_factory) -> Path:
+    """The export bundle of the tiny run (shared by the bundle and serving tests)."""
+    from ranking.pipeline import export_run
+
+    cfg, retrieval, ranking, _ = tiny_trained
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    return export_run(cfg, tiny_dataset, retrieval, ranking, out, {"test/auc/click": 0.5}, None)

@@ -6,15 +6,14 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ranking.data.datamodule import RecDataModule
-from ranking.pipeline import export_run
 from ranking.schema import Side
+from ranking.serving.bundle import FORMAT_VERSION
 from ranking.serving.convert import flat_inputs
 
 BLOCKED = [
@@ -62,13 +61,6 @@ SCORE = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_trained, tiny_dataset, tmp_path_factory) -> Path:
-    cfg, retrieval, ranking, _ = tiny_trained
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    return export_run(cfg, tiny_dataset, retrieval, ranking, out, {"test/auc/click": 0.5}, None)
-
-
 @pytest.mark.parametrize("size", [1, 7, 512])
 def test_bundle_matches_eager_models_without_training_stack(
     bundle, tiny_trained, tiny_dataset, tmp_path, size
@@ -114,12 +106,15 @@ def test_bundle_matches_eager_models_without_training_stack(
 
 def test_manifest_describes_every_file(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == FORMAT_VERSION
     files = {p.name for p in bundle.iterdir() if p.name != "manifest.json"}
     assert set(manifest["files"]) == files
     assert {"user_tower.pt", "item_tower.pt", "ranker.pt", "items.faiss"} <= files
     ranker = manifest["artifacts"]["ranker"]
-    assert ranker["tasks"] == ["click"]
+    assert ranker["tasks"] == ["click", "purchase"]  # output columns, in this order
+    assert [o["task"] for o in ranker["outputs"]] == ranker["tasks"]
+    assert ranker["outputs"][1]["probability"] == "P(click and purchase)"  # ESMM pCTCVR
+    assert ranker["output"]["shape"] == ["B", 2]
     names = [i["name"] for i in ranker["inputs"]]
     assert "hist_items" in names and "dense_context" in names
     emb = np.load(bundle / "item_embeddings.npy")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
+from torchmetrics.classification import BinaryAUROC
 
-from ranking.metrics.ranking import RankingMetrics
+from ranking.metrics.ranking import RankingMetrics, binary_auc, grouped_auc
 from ranking.tasks.ranking import RankingTask
 from ranking.tasks.retrieval import RetrievalTask
 
@@ -29,6 +30,54 @@ def test_ranking_metrics_match_sklearn_over_batches():
     assert out["auc/click"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
     assert out["oracle_auc/click"] == pytest.approx(roc_auc_score(y, q), abs=1e-6)
     assert out["logloss/click"] == pytest.approx(log_loss(y, p), abs=1e-5)
+
+
+def test_auc_and_gauc_against_brute_force_with_ties():
+    rng = np.random.default_rng(1)
+    n = 3000
+    users = rng.integers(0, 60, n)
+    y = (rng.random(n) < 0.2 + 0.01 * (users % 10)).astype(np.int8)
+    p = np.round(rng.random(n) * 0.3 + 0.3 * y, 2).astype(np.float32)  # many ties
+    m = RankingMetrics(["click"])
+    for s in range(0, n, 700):
+        sl = slice(s, s + 700)
+        m.update(
+            torch.from_numpy(p[sl, None]),
+            {"click": torch.from_numpy(y[sl].astype(np.float32))},
+            user_ids=torch.from_numpy(users[sl]),
+        )
+    out = m.compute()
+    assert out["auc/click"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    num = den = 0.0
+    for u in np.unique(users):  # GAUC: impression-weighted, users with both classes only
+        mask = users == u
+        if 0 < y[mask].sum() < mask.sum():
+            num += mask.sum() * roc_auc_score(y[mask], p[mask])
+            den += mask.sum()
+    assert out["gauc/click"] == pytest.approx(num / den, abs=1e-9)
+    auroc = BinaryAUROC()
+    auroc.update(torch.from_numpy(p), torch.from_numpy(y.astype(np.int64)))
+    assert out["auc/click"] == pytest.approx(float(auroc.compute()), abs=1e-6)
+
+
+def test_gauc_skips_one_class_users_and_ne_calibration_by_hand():
+    p = np.array([0.9, 0.1, 0.8, 0.7, 0.3, 0.6], dtype=np.float32)
+    y = np.array([1, 0, 0, 1, 1, 1], dtype=np.int8)
+    g = np.array([7, 7, 5, 5, 5, 9])  # user 9 has one class
+    value, users = grouped_auc(p, y, g)
+    # user 7: AUC 1 (2 rows); user 5: positives 0.7, 0.3 vs negative 0.8 -> 0 (3 rows)
+    assert users == 2
+    assert value == pytest.approx((2 * 1.0 + 3 * 0.0) / 5)
+    assert binary_auc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+    assert math.isnan(binary_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+    m = RankingMetrics(["click"])
+    m.update(torch.from_numpy(p[:, None]), {"click": torch.from_numpy(y.astype(np.float32))})
+    out = m.compute()
+    rate = y.mean()
+    entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    assert out["ne/click"] == pytest.approx(log_loss(y, p) / entropy, rel=1e-6)
+    assert out["calibration/click"] == pytest.approx(p.mean() / rate, rel=1e-6)
+    assert "gauc/click" not in out  # no user ids given
 
 
 def test_ranking_task_loss_by_hand():

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ranking.metrics.retrieval import FullCorpusEvaluator, topk_items, topk_metrics
+from ranking.metrics.retrieval import (
+    FullCorpusEvaluator,
+    OracleLists,
+    Reference,
+    coverage,
+    discovery,
+    topk_items,
+    topk_metrics,
+)
 
 
 def test_topk_metrics_by_hand():
@@ -86,8 +94,210 @@ def test_full_corpus_evaluator_matches_brute_force():
             torch.tensor([r[3] for r in chunk]),
             torch.tensor([r[4] for r in chunk]),
         )
-    got = ev.compute(torch.from_numpy(item_emb), torch.from_numpy(item_ids), ks=(1, 5, 20))
+    report = ev.compute(torch.from_numpy(item_emb), torch.from_numpy(item_ids), ks=(1, 5, 20))
     want, n = _brute_force(rows, item_emb, item_ids, (1, 5, 20))
-    assert got.pop("users") == n
+    assert report.users == n
     for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-9), key
+        assert report.metrics[key] == pytest.approx(value, abs=1e-9), key
+
+
+# ---- long tail, coverage, discovery, deciles, oracle: against brute force -----------------
+def _random_log(rng, n_users, item_ids, dim, n_rows=400, p_pos=0.3):
+    rows = []
+    for _ in range(n_rows):
+        rows.append(
+            (
+                int(rng.integers(n_users)),
+                int(rng.integers(10_000)),
+                rng.normal(size=dim).astype(np.float32),
+                int(item_ids[rng.integers(len(item_ids))]),
+                bool(rng.random() < p_pos),
+            )
+        )
+    return rows
+
+
+def _feed(ev, rows):
+    for start in range(0, len(rows), 50):
+        chunk = rows[start : start + 50]
+        ev.update(
+            torch.tensor([r[0] for r in chunk]),
+            torch.tensor([r[1] for r in chunk]),
+            torch.tensor(np.stack([r[2] for r in chunk])),
+            torch.tensor([r[3] for r in chunk]),
+            torch.tensor([r[4] for r in chunk]),
+        )
+
+
+def _brute_long_tail(rows, item_emb, item_ids, exposures, excluded, truth, group, todo, k):
+    """Every long-tail metric with Python loops over users and items."""
+    ids = [int(i) for i in item_ids]
+    n = len(ids)
+    by_pop = sorted(ids, key=lambda i: (exposures[i], i))
+    tail = set(by_pop[: int(0.8 * n)])
+    decile = {item: r * 10 // n for r, item in enumerate(by_pop)}
+    users = sorted({r[0] for r in rows if r[4]})
+    tail_rec, pos_dec, found_dec = [], [0] * 10, [0] * 10
+    seen, disc, oracle_rec, oracle_disc, mass, best_mass = set(), [], [], [], [], []
+    for u in users:
+        mine = [r for r in rows if r[0] == u]
+        query = min(mine, key=lambda r: r[1])[2]
+        pos = {r[3] for r in mine if r[4]}
+        scores = {ids[j]: float(np.dot(query, item_emb[j])) for j in range(n)}
+        ranked = sorted((i for i in ids if (u, i) not in excluded), key=lambda i: -scores[i])
+        top = ranked[:k]
+        seen |= set(top)
+        tail_pos = pos & tail
+        if tail_pos:
+            tail_rec.append(len(set(top) & tail_pos) / len(tail_pos))
+        for i in pos:
+            pos_dec[decile[i]] += 1
+            found_dec[decile[i]] += i in top
+        best = sorted(ids, key=lambda i: (-truth[u][i], ids.index(i)))[:k]
+        oracle_rec.append(len(set(best) & pos) / len(pos))
+        total = sum(truth[u][i] for i in ids)
+        mass.append(sum(truth[u][i] for i in top) / total)
+        best_mass.append(sum(truth[u][i] for i in best) / total)
+        if todo[u]:
+            disc.append(any(group[i] in todo[u] for i in top))
+            oracle_disc.append(any(group[i] in todo[u] for i in best))
+    return {
+        f"tail_recall@{k}": np.mean(tail_rec),
+        f"coverage@{k}": len(seen) / n,
+        f"discovery@{k}": np.mean(disc),
+        f"oracle_discovery@{k}": np.mean(oracle_disc),
+        f"oracle_recall@{k}": np.mean(oracle_rec),
+        f"expected_recall@{k}": np.mean(mass),
+        f"oracle_expected_recall@{k}": np.mean(best_mass),
+    }, (pos_dec, found_dec)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_long_tail_and_oracle_metrics_match_brute_force(exclude):
+    rng = np.random.default_rng(7)
+    n_users, n_items, dim, k, n_groups = 10, 30, 4, 5, 4
+    item_ids = rng.permutation(60)[:n_items]
+    item_emb = rng.normal(size=(n_items, dim)).astype(np.float32)
+    exposures = rng.integers(0, 6, size=60)  # many ties: broken by item id
+    rows = _random_log(rng, n_users, item_ids, dim)
+    truth = rng.random((n_users, 60))  # the reference's true click probabilities
+    group = rng.integers(0, n_groups, size=60)
+    todo_mask = rng.random((n_users, n_groups)) < 0.3
+    todo_mask[0] = False  # a user with nothing to discover is left out
+    todo = {u: {g for g in range(n_groups) if todo_mask[u, g]} for u in range(n_users)}
+    excluded = {(r[0], r[3]) for r in rows[:150]} if exclude else set()
+
+    def rank(users, corpus_ids, kk, lists):
+        p = truth[users][:, corpus_ids]
+        order = np.lexsort((np.tile(np.arange(len(corpus_ids)), (len(users), 1)), -p), axis=1)
+        best = corpus_ids[order[:, :kk]]
+        total = p.sum(axis=1)
+        got = np.array([truth[u][lists[j]].sum() for j, u in enumerate(users)])
+        best_mass = np.take_along_axis(p, order[:, :kk], axis=1).sum(axis=1)
+        return OracleLists(best, got / total, best_mass / total)
+
+    reference = Reference(rank, item_group=group, user_groups=lambda users: todo_mask[users])
+    ev = FullCorpusEvaluator(num_users=n_users, dim=dim)
+    _feed(ev, rows)
+    report = ev.compute(
+        torch.from_numpy(item_emb),
+        torch.from_numpy(item_ids),
+        ks=(k,),
+        exposures=exposures,
+        exclude=np.array(sorted(excluded)) if exclude else None,
+        reference=reference,
+        long_tail_k=k,
+    )
+    want, (pos_dec, found_dec) = _brute_long_tail(
+        rows, item_emb, item_ids, exposures, excluded, truth, group, todo, k
+    )
+    for key, value in want.items():
+        assert report.metrics[key] == pytest.approx(value, abs=1e-9), key
+    table = report.deciles
+    assert table["positives"] == pos_dec
+    assert table["found"] == found_dec
+    assert table["items"] == [3] * 10
+    for d in range(10):
+        want_recall = found_dec[d] / pos_dec[d] if pos_dec[d] else float("nan")
+        assert table[f"recall@{k}"][d] == pytest.approx(want_recall, nan_ok=True)
+        members = sorted(item_ids, key=lambda i: (exposures[i], i))[3 * d : 3 * d + 3]
+        assert table["exposures_min"][d] == min(exposures[i] for i in members)
+
+
+def test_exclusion_removes_train_items_from_the_ranking():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[3.0, 1.0], [2.0, 0.5], [0.0, 3.0], [0.1, 2.0]])
+    # scores: user 0 [3, 2, 0, .1]; user 1 [1, .5, 3, 2]
+    indptr, rows = np.array([0, 1, 3]), np.array([0, 2, 3])  # user 0: row 0; user 1: rows 2, 3
+    assert topk_items(q, items, 2).tolist() == [[0, 1], [2, 3]]
+    assert topk_items(q, items, 2, exclude=(indptr, rows)).tolist() == [[1, 3], [0, 1]]
+
+
+def test_topk_chunks_fit_the_score_budget(monkeypatch):
+    import ranking.metrics.retrieval as m
+
+    monkeypatch.setattr(m, "SCORE_BUDGET", 50)  # 50 scores at once: 5 queries of 10 items
+    g = torch.Generator().manual_seed(1)
+    q, items = torch.randn(23, 4, generator=g), torch.randn(10, 4, generator=g)
+    calls = []
+    real = torch.topk
+    monkeypatch.setattr(
+        torch, "topk", lambda x, *a, **kw: calls.append(x.shape) or real(x, *a, **kw)
+    )
+    got = topk_items(q, items, 3)
+    assert torch.equal(got, torch.argsort(q @ items.T, dim=1, descending=True)[:, :3])
+    assert max(shape[0] for shape in calls) == 5
+
+
+def test_coverage_and_discovery_by_hand():
+    topk = np.array([[1, 2], [2, 3], [2, 4]])
+    assert coverage(topk, 2, corpus_size=8) == pytest.approx(4 / 8)
+    assert coverage(topk, 1, corpus_size=8) == pytest.approx(2 / 8)
+    group = np.array([0, 0, 1, 1, 2])  # items 0..4
+    todo = np.array([[False, False, True], [False, True, False], [False, False, False]])
+    # user 0 wants group 2 (item 4): not in [1, 2]; user 1 wants group 1: item 2 -> yes
+    assert discovery(topk, 2, group, todo) == pytest.approx(1 / 2)
+
+
+def test_world_oracle_ranks_by_true_click_probability(tiny_dataset):
+    from ranking.data.synthetic import load_world, oracle_probabilities
+    from ranking.metrics.retrieval_oracle import latent_interests, oracle_lists, world_reference
+
+    world = load_world(tiny_dataset)
+    users = np.array([0, 5, 17])
+    corpus = np.arange(world.n_items)[::-1].copy()  # corpus order need not be id order
+    lists = np.tile(corpus[:7], (3, 1))
+    got = oracle_lists(world, users, corpus, 7, lists)
+    p, _ = oracle_probabilities(world, users[:, None], corpus[None, :], 0)
+    want = corpus[np.argsort(-p, axis=1, kind="stable")[:, :7]]
+    assert np.array_equal(got.best, want)
+    assert np.allclose(got.mass, p[:, :7].sum(axis=1) / p.sum(axis=1))
+    assert np.allclose(got.best_mass, np.sort(p, axis=1)[:, ::-1][:, :7].sum(1) / p.sum(1))
+    todo = latent_interests(world, users)
+    for j, u in enumerate(users):
+        cats = world.user_interest_cat[u]
+        latent = {
+            int(c)
+            for c, e in zip(cats, world.user_interest_expressed[u], strict=True)
+            if c >= 0 and not e
+        }
+        assert set(np.flatnonzero(todo[j]).tolist()) == latent and latent
+    assert world_reference(tiny_dataset) is not None
+    assert world_reference(tiny_dataset / "train") is None
+
+
+def test_tail_recall_by_hand_skips_users_without_tail_positives():
+    from ranking.metrics.retrieval import tail_recall
+
+    is_tail = np.array([True, True, True, False, False])  # items 3, 4 are the head
+    topk = np.array([[0, 3], [4, 1], [3, 4]])
+    # positives: user 0 {0, 1, 3}, user 1 {1, 4}, user 2 {3, 4} (head only: left out)
+    pair_users = np.array([0, 0, 0, 1, 1, 2, 2])
+    pair_items = np.array([0, 1, 3, 1, 4, 3, 4])
+    hits = np.array([[True, True], [True, True], [True, True]])
+    # user 0: tail positives {0, 1}, found {0} -> 1/2; user 1: {1}, found {1} -> 1
+    got = tail_recall(hits, topk, pair_users, pair_items, is_tail, k=2)
+    assert got == pytest.approx((1 / 2 + 1) / 2)
+    assert tail_recall(hits, topk, pair_users, pair_items, is_tail, k=1) == pytest.approx(
+        (1 / 2 + 0) / 2
+    )

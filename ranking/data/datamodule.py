@@ -55,8 +55,10 @@ class RecDataModule(pl.LightningDataModule):
         persistent_workers, pin_memory: passed to the DataLoaders.
         shard_rows, buffer_shards: see :class:`ParquetIterableDataset`.
         train_filter: a label column; the train loader yields only rows where it
-            is 1 (retrieval learns from positives). Valid/test, the corpus and the
-            dense statistics are not filtered.
+            is 1 (retrieval learns from positives); or a ``row_filter`` tuple of
+            :class:`ParquetIterableDataset` (e.g. ``("click", 1, 0.1)``: clicks
+            plus 10% of the other rows). Valid/test, the corpus and the dense
+            statistics are not filtered.
 
     Example::
 
@@ -79,7 +81,7 @@ class RecDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         shard_rows: int = DEFAULT_SHARD_ROWS,
         buffer_shards: int = DEFAULT_BUFFER_SHARDS,
-        train_filter: str | None = None,
+        train_filter: str | tuple[str | float, ...] | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -108,7 +110,7 @@ class RecDataModule(pl.LightningDataModule):
         if self.converter is not None:
             return
         self.schema = Schema.load(self.path)
-        if self.train_filter is not None and self.train_filter not in self.schema.labels:
+        if isinstance(self.train_filter, str) and self.train_filter not in self.schema.labels:
             raise ValueError(
                 f"train_filter {self.train_filter!r} is not a label of the schema {self.schema.labels}"
             )
@@ -135,7 +137,12 @@ class RecDataModule(pl.LightningDataModule):
 
     def current_epoch(self) -> int:
         trainer = self.trainer
-        return int(trainer.current_epoch) if trainer is not None else self._epoch
+        if trainer is None:
+            return self._epoch
+        # Epochs whose batches were all processed, as Lightning's own sampler epoch:
+        # a run resumed from an end-of-epoch checkpoint builds its first iterator
+        # before ``trainer.current_epoch`` (= completed epochs) catches up.
+        return int(trainer.fit_loop.epoch_progress.current.processed)
 
     # ---- loaders -----------------------------------------------------------------
     def _ready(self) -> tuple[Schema, BatchConverter]:
@@ -159,7 +166,7 @@ class RecDataModule(pl.LightningDataModule):
         shuffle: bool,
         batch_size: int,
         drop_last: bool = False,
-        row_filter: str | None = None,
+        row_filter: str | tuple[str, float] | None = None,
     ) -> ParquetIterableDataset:
         schema, converter = self._ready()
         return ParquetIterableDataset(
@@ -187,6 +194,15 @@ class RecDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> RecDataLoader:
         return self._loader(self.split_dataset("test", False, self.eval_batch_size))
+
+    def slice_dataloader(self, split: str, column: str, value: float) -> RecDataLoader:
+        """An evaluation slice of ``split``: its rows where ``column == value``, in file
+        order (e.g. the synthetic log's random-exposure rows, ``policy == 1``).
+
+        ``column`` may be any column of the split files, also one the schema ignores.
+        """
+        ds = self.split_dataset(split, False, self.eval_batch_size, row_filter=(column, value))
+        return self._loader(ds)
 
     def corpus_dataloader(self, rank: int = 0, world_size: int = 1) -> RecDataLoader:
         """The item corpus in item-id order (every item once; rank 0 of 1 by default)."""

@@ -53,6 +53,7 @@ from ranking.data.batch import Batch
 from ranking.data.convert import BatchConverter
 from ranking.data.errors import DataError
 from ranking.data.files import csv_column_types, file_columns, iter_record_batches
+from ranking.hashing import hash_int, string_to_int
 from ranking.schema import Schema, Side
 
 DEFAULT_SHARD_ROWS = 16_384
@@ -215,9 +216,12 @@ class RowSlicer:
 class _FileRows:
     """Read row ranges of shards; keeps a few ParquetFile handles open per process.
 
-    With ``row_filter`` (a 0/1 column), only rows where it is 1 exist: row
-    offsets count kept rows, so a range that starts inside a shard is found by
-    reading that shard from its start.
+    With ``row_filter`` (``(column, value)``), only rows where the column equals
+    the value exist: row offsets count kept rows, so a range that starts inside a
+    shard is found by reading that shard from its start. ``(column, value,
+    others)`` also keeps a share ``others`` of the remaining rows, a fixed sample
+    drawn by a hash of each row's file name and position (e.g. every click plus
+    10% of the impressions without one).
     """
 
     def __init__(
@@ -225,7 +229,7 @@ class _FileRows:
         columns: list[str],
         chunk_rows: int,
         csv_types: dict[str, pa.DataType],
-        row_filter: str | None = None,
+        row_filter: tuple[float | str, ...] | None = None,
     ) -> None:
         self.columns = columns
         self.chunk_rows = chunk_rows
@@ -253,7 +257,7 @@ class _FileRows:
         if self.row_filter is None:
             return shard.num_rows
         probe = _FileRows(
-            [self.row_filter], max(self.chunk_rows, 1 << 16), self.csv_types, self.row_filter
+            [self.row_filter[0]], max(self.chunk_rows, 1 << 16), self.csv_types, self.row_filter
         )
         probe._open = self._open
         return sum(c.num_rows for c in probe.read(shard, 0, shard.num_rows))
@@ -264,9 +268,16 @@ class _FileRows:
         if self.row_filter is None:
             yield from self._read_raw(shard, lo, hi)
             return
-        pos = 0
+        pos = raw = 0
+        column, value, others = (*self.row_filter, 0.0)[:3]
+        salt = int(string_to_int([Path(shard.path).name])[0]) if others > 0 else 0
         for chunk in self._read_raw(shard, 0, shard.num_rows):
-            keep = pc.equal(pc.cast(chunk.column(self.row_filter), pa.float64()), 1.0)
+            keep = pc.equal(pc.cast(chunk.column(column), pa.float64()), float(value))
+            if others > 0:
+                rows = np.arange(raw, raw + chunk.num_rows, dtype=np.int64) + shard.start
+                sampled = hash_int(rows ^ salt, 1 << 24) < int(others * (1 << 24))
+                keep = pc.or_(keep, pa.array(sampled))
+            raw += chunk.num_rows
             kept = chunk.filter(keep)
             a, b = max(lo - pos, 0), min(hi - pos, kept.num_rows)
             if b > a:
@@ -489,9 +500,13 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
         shard_rows: target shard size (rows); shards follow row-group bounds.
         buffer_shards: rows are shuffled within windows of this many shards.
         row_filter: a label column: only rows where it is 1 exist for this dataset
-            (e.g. retrieval trains on clicks). Exactly-once, ``len`` and drop_last
-            then count kept rows; planning streams that one column once to count
-            them per shard.
+            (e.g. retrieval trains on clicks); or ``(column, value)``: only rows
+            where that column (any column of the files, e.g. the synthetic
+            ``policy``; read in addition to the converter's) equals ``value``;
+            or ``(column, value, others)``: those plus a fixed share ``others``
+            of the other rows (negative downsampling).
+            Exactly-once, ``len`` and drop_last then count kept rows; planning
+            streams that one column once to count them per shard.
 
     Use with ``DataLoader(ds, batch_size=None, num_workers=...)`` (or
     :class:`RecDataLoader`, which also keeps ``len`` exact and sets the epoch).
@@ -517,7 +532,7 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
         drop_last: bool = False,
         shard_rows: int = DEFAULT_SHARD_ROWS,
         buffer_shards: int = DEFAULT_BUFFER_SHARDS,
-        row_filter: str | None = None,
+        row_filter: str | tuple[str | float, ...] | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -534,11 +549,21 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
         self.buffer_rows = self.buffer_shards * self.shard_rows
         self._init_dist(rank, world_size)
         self.columns = converter.columns
-        if row_filter is not None and row_filter not in schema.labels:
-            raise ValueError(
-                f"row_filter must be a label of the schema {schema.labels}, got {row_filter!r}"
-            )
-        self.row_filter = row_filter
+        if isinstance(row_filter, str):
+            if row_filter not in schema.labels:
+                raise ValueError(
+                    f"row_filter must be a label of the schema {schema.labels} "
+                    f"or a (column, value) pair, got {row_filter!r}"
+                )
+            row_filter = (row_filter, 1.0)
+        if row_filter is not None:
+            column, value, others = (*row_filter, 0.0)[:3]
+            if not 0.0 <= float(others) <= 1.0:
+                raise ValueError("row_filter: the share of other rows must lie in [0, 1]")
+            row_filter = (str(column), float(value), float(others))
+            if column not in self.columns:
+                self.columns = [*self.columns, str(column)]
+        self.row_filter: tuple[str, float, float] | None = row_filter
         csv_types = csv_column_types(schema)
         self.shards = plan_shards(
             schema.split_paths(split), self.shard_rows, self.columns, csv_types

@@ -2,24 +2,66 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import MLFlowLogger
 
 from ranking.data.batch import Batch
-from ranking.metrics.retrieval import FullCorpusEvaluator
+from ranking.data.corpus_sampler import CorpusSampler
+from ranking.data.files import file_columns
+from ranking.data.retrieval_stats import ItemCounts, item_counts
+from ranking.metrics.retrieval import FullCorpusEvaluator, Reference, RetrievalReport
 from ranking.models.two_tower import TwoTower
 from ranking.tasks.retrieval import RetrievalTask
+
+log = logging.getLogger("ranking")
 
 
 class RetrievalModule(pl.LightningModule):
     """Trains the towers with the retrieval task; evaluates on the full corpus.
 
+    Training: the task's loss over the batch's positive rows, with the corpus
+    items the task asks for (``num_sampled`` uniform draws, encoded by the item
+    tower in the same step) and, with ``hard_negatives``, the batch's
+    non-positive rows. ``setup`` counts the train split once
+    (:func:`~ranking.data.retrieval_stats.item_counts`): positives per item for the
+    task's corpus logQ estimate, exposures per item for the long-tail metrics.
+
     Validation and test stream their split through the user tower (one query
     per user, see :mod:`ranking.metrics.retrieval`), then embed the whole item
     corpus (``trainer.datamodule.corpus_dataloader()``) and score every user
-    against every item. Metric keys: ``valid/recall@100``, ``test/ndcg@10``, ...
+    against every item. Test also evaluates each configured slice of the test
+    split (e.g. ``test_random``: the synthetic log's random-exposure rows) with
+    the same per-user queries and the slice's positives, and, on a dataset
+    with a synthetic world, the oracle. Metric keys: ``valid/recall@100``,
+    ``test/tail_recall@100``, ``test_random/oracle_recall@100``, ...; the recall
+    by popularity decile goes to the MLflow run as a table per stage
+    (``retrieval/<stage>_recall_by_decile.json`` and ``.csv``) and to
+    :attr:`last_tables`.
+
+    Args:
+        model: the two towers.
+        task: the retrieval objective.
+        optimizer: partial optimizer (params -> optimizer).
+        num_users: size of the user-id vocabulary.
+        ks: cut-offs of recall/ndcg/hit.
+        exclude_train: drop each user's train positives from their ranking.
+        tail_share: share of the corpus (least exposed first) that is the tail.
+        long_tail_k: k of tail recall, coverage, discovery, deciles and oracle.
+        slices: stage name -> ``{"column": ..., "value": ...}``: test rows where
+            the column equals the value, evaluated as ``<stage>/...`` (skipped
+            with a log line when the test files have no such column).
+        oracle: compute oracle metrics at test when the dataset has a synthetic world.
+        oracle_valid: also at each validation (for tuning against the world without
+            touching test; costs one oracle pass over the valid users per epoch).
+        seed: seed of the uniform corpus draws (with the rank and step).
     """
 
     def __init__(
@@ -29,6 +71,13 @@ class RetrievalModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         num_users: int,
         ks: tuple[int, ...] = (10, 50, 100),
+        exclude_train: bool = False,
+        tail_share: float = 0.8,
+        long_tail_k: int = 100,
+        slices: dict[str, dict[str, Any]] | None = None,
+        oracle: bool = True,
+        oracle_valid: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -36,15 +85,72 @@ class RetrievalModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.num_users = num_users
         self.ks = tuple(ks)
+        self.exclude_train = exclude_train
+        self.tail_share = tail_share
+        self.long_tail_k = long_tail_k
+        self.slices = dict(slices or {})
+        self.use_oracle = oracle
+        self.oracle_valid = oracle_valid
+        self.seed = seed
         self.evaluator: FullCorpusEvaluator | None = None
+        self.counts: ItemCounts | None = None
+        self.sampler: CorpusSampler | None = None
         self.last_metrics: dict[str, float] = {}
+        self.last_tables: dict[str, dict[str, list]] = {}
 
+    # ---- setup ----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self._datamodule()
+        if dm is None:
+            return
+        if self.counts is None:
+            self.counts = item_counts(
+                dm.schema, self.task.positive_label, "train", with_pairs=self.exclude_train
+            )
+        if stage == "fit":
+            self.task.set_item_counts(
+                torch.from_numpy(self.counts.positives), torch.from_numpy(self.counts.exposures)
+            )
+            if self.task.num_sampled and self.sampler is None:
+                self.sampler = CorpusSampler(dm.schema, dm.converter)
+                self.task.corpus_size = self.sampler.num_items
+
+    def _datamodule(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    # ---- training -------------------------------------------------------------------
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
         keep = self.task.positives(batch.labels)
         user, item = self.model(batch)
-        loss = self.task.loss(user[keep], item[keep], batch.item_ids[keep])
-        self.log(f"{stage}/loss", loss, batch_size=int(keep.sum()), prog_bar=stage == "train")
+        ids = batch.item_ids[keep]
+        self.task.observe(ids)
+        negatives: dict[str, torch.Tensor] = {}
+        if self.task.num_sampled:
+            draws = self._draw_corpus(self.task.num_sampled)
+            negatives["sampled"] = self.model.encode_items(draws)
+            negatives["sampled_ids"] = draws.item_ids
+        if self.task.hard_negatives:
+            other = ~keep
+            negatives["hard"] = item[other]
+            negatives["hard_ids"] = batch.item_ids[other]
+            negatives["hard_mask"] = batch.user_ids[keep].unsqueeze(1) == batch.user_ids[
+                other
+            ].unsqueeze(0)
+        n = int(keep.sum())
+        loss = self.task.impression_loss(user, item, batch.labels)
+        if n:  # (a batch of every impression may hold no positive)
+            loss = loss + self.task.loss(user[keep], item[keep], ids, **negatives)
+        else:
+            loss = loss + (user.sum() + item.sum()) * 0.0
+        self.log(f"{stage}/loss", loss, batch_size=max(n, 1), prog_bar=stage == "train")
         return loss
+
+    def _draw_corpus(self, n: int) -> Batch:
+        if self.sampler is None:
+            raise RuntimeError("num_sampled > 0 needs the data module's corpus (setup('fit'))")
+        rng = np.random.default_rng([self.seed, self.global_rank, self.global_step])
+        return self.sampler.sample(n, rng).to(self.device)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -68,13 +174,50 @@ class RetrievalModule(pl.LightningModule):
             ids.append(batch.item_ids)
         return torch.cat(embs), torch.cat(ids)
 
+    def _evaluate(
+        self,
+        evaluator: FullCorpusEvaluator,
+        items: torch.Tensor,
+        ids: torch.Tensor,
+        reference: Reference | None = None,
+    ) -> RetrievalReport:
+        counts = self.counts
+        return evaluator.compute(
+            items,
+            ids,
+            self.ks,
+            exposures=None if counts is None else counts.exposures,
+            exclude=counts.pairs if counts is not None and self.exclude_train else None,
+            reference=reference,
+            tail_share=self.tail_share,
+            long_tail_k=self.long_tail_k,
+        )
+
+    def _report(self, stage: str, report: RetrievalReport) -> None:
+        logged = {f"{stage}/{k}": v for k, v in report.metrics.items()}
+        self.log_dict(logged, batch_size=max(report.users, 1))
+        self.last_metrics.update(logged)
+        if report.deciles is not None and stage != "valid":
+            self.last_tables[stage] = report.deciles
+            self._log_table(stage, report.deciles)
+
+    def _log_table(self, stage: str, table: dict[str, list]) -> None:
+        """The decile table as an MLflow table (JSON) and CSV in the stage's run."""
+        logger = self.logger
+        if not isinstance(logger, MLFlowLogger) or not logger.run_id:
+            return
+        name = f"retrieval/{stage}_recall_by_decile"
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"{name}.json")
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(list(table))
+        writer.writerows(zip(*table.values(), strict=True))
+        logger.experiment.log_text(logger.run_id, buf.getvalue(), f"{name}.csv")
+
     def _eval_end(self, stage: str) -> None:
         items, ids = self.corpus_embeddings()
-        metrics = self.evaluator.compute(items, ids, self.ks)
-        users = metrics.pop("users")
-        logged = {f"{stage}/{k}": v for k, v in metrics.items()}
-        self.log_dict(logged, batch_size=max(int(users), 1))
-        self.last_metrics.update(logged)
+        reference = self._reference(self.trainer.datamodule) if self.oracle_valid else None
+        self._report(stage, self._evaluate(self.evaluator, items, ids, reference))
         self.evaluator = None
 
     def on_validation_epoch_start(self) -> None:
@@ -93,7 +236,35 @@ class RetrievalModule(pl.LightningModule):
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
+        items, ids = self.corpus_embeddings()
+        dm = self.trainer.datamodule
+        reference = self._reference(dm)
+        self._report("test", self._evaluate(self.evaluator, items, ids, reference))
+        for stage, spec in self.slices.items():
+            column, value = str(spec["column"]), float(spec["value"])
+            if not _has_column(dm.schema, "test", column):
+                log.info("retrieval: test files have no column %r; %s skipped", column, stage)
+                continue
+            evaluator = self.evaluator.sharing_queries()
+            for batch in dm.slice_dataloader("test", column, value):
+                keep = self.task.positives(batch.labels)
+                evaluator.add_positives(batch.user_ids[keep], batch.item_ids[keep])
+            self._report(stage, self._evaluate(evaluator, items, ids, reference))
+        self.evaluator = None
+
+    def _reference(self, dm: Any) -> Reference | None:
+        if not self.use_oracle:
+            return None
+        if not hasattr(self, "_world_reference"):
+            from ranking.metrics.retrieval_oracle import world_reference
+
+            self._world_reference = world_reference(dm.schema.root)
+        return self._world_reference
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
+
+
+def _has_column(schema: Any, split: str, column: str) -> bool:
+    paths = schema.split_paths(split)
+    return bool(paths) and column in file_columns(paths[0])

@@ -1,32 +1,83 @@
 """Full-corpus retrieval metrics: exact top-K over every item, per user.
 
 Protocol: each evaluated user is queried once, with the user features of the
-user's earliest row in the split (the state before the period started); the
-user's positives are the distinct items with a positive label in the split.
-Users without a positive are not evaluated. Metrics are averaged over users:
+user's earliest row in the evaluated rows (the state before the period
+started); the user's positives are the distinct items with a positive label in
+those rows. Users without a positive are not evaluated. Every user is scored
+against every corpus item (chunked matrix products, :func:`topk_items`);
+optionally the items the user was positive on in train are excluded first
+(off by default: in the synthetic log, as on shopping feeds, a user clicks the
+same item again, and those re-clicks are legitimate positives). Metrics are
+averaged over users:
 
 - ``recall@k`` = |top-k ∩ positives| / |positives|
 - ``hit@k``    = 1 if top-k holds any positive
 - ``ndcg@k``   = DCG@k / IDCG@k with binary gains, IDCG over min(|positives|, k)
+- ``tail_recall@k``: recall counting only positives in the *tail*, the
+  ``tail_share`` (80%) least-exposed corpus items by train exposure count (ties
+  by item id), averaged over users with at least one tail positive
+- ``coverage@k``: share of the corpus in at least one evaluated user's top k
+- ``discovery@k`` (with a :class:`Reference` that knows interests): share of
+  users (among those with an interest to discover) whose top k holds an item of
+  a group (e.g. category) they have not expressed
+- ``oracle_recall@k``, ``oracle_discovery@k``: the same for the reference's own
+  top-k lists (the best possible ranking, on synthetic data)
+- ``expected_recall@k`` (with a reference that knows true click
+  probabilities): the share of the user's true click probability, summed over
+  the corpus, that the top k holds, i.e. the recall@k to expect if the user
+  were shown the whole corpus uniformly. It needs no logged positive, so it has
+  none of their sampling noise (the random-exposure slice of a log is small);
+  ``oracle_expected_recall@k`` is its ceiling
+
+Recall by popularity decile (a table): corpus items sorted by train exposures
+(ascending, ties by id) and cut into ten equal deciles (0 = least exposed); per
+decile, the positive (user, item) pairs whose item falls in it and the share of
+them found in the user's top k (pooled over users).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+#: Scores held at once by :func:`topk_items` (floats): 32M = 128 MB, any corpus size.
+SCORE_BUDGET = 1 << 25
+
 
 def topk_items(
-    queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 1024
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    chunk: int | None = None,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> torch.Tensor:
     """Exact inner-product top-k. [U, D] x [N, D] -> row indices [U, k], best first.
 
-    Scored in chunks of ``chunk`` queries so memory stays at chunk x N floats.
+    Scored in chunks of ``chunk`` queries (default: as many as fit
+    :data:`SCORE_BUDGET` scores, at most 1024), so memory stays at chunk x N floats
+    (a 1M-item corpus: 32 queries at a time, 128 MB).
+
+    Args:
+        exclude: optional CSR ``(indptr [U + 1], rows)``: item rows to drop for
+            each query (their score becomes -inf before the top-k).
     """
-    k = min(k, items.shape[0])
+    n = items.shape[0]
+    k = min(k, n)
+    if chunk is None:
+        chunk = max(1, min(1024, SCORE_BUDGET // max(n, 1)))
     out = []
     for start in range(0, queries.shape[0], chunk):
         scores = queries[start : start + chunk] @ items.T
+        if exclude is not None:
+            indptr, rows = exclude
+            stop = start + scores.shape[0]
+            lo, hi = int(indptr[start]), int(indptr[stop])
+            if hi > lo:
+                which = np.repeat(np.arange(scores.shape[0]), np.diff(indptr[start : stop + 1]))
+                scores[torch.from_numpy(which), torch.from_numpy(rows[lo:hi])] = -torch.inf
         out.append(torch.topk(scores, k, dim=1).indices)
     if not out:
         return torch.empty(0, k, dtype=torch.long)
@@ -68,6 +119,157 @@ def _from_hits(hits: np.ndarray, n_pos: np.ndarray, ks: tuple[int, ...]) -> dict
     return out
 
 
+# ---- long-tail metrics ----------------------------------------------------------------
+def popularity_ranks(exposures: np.ndarray, corpus_ids: np.ndarray) -> np.ndarray:
+    """int64 [num_items]: rank of each corpus item by exposures (0 = least exposed,
+    ties by item id); -1 for ids outside the corpus."""
+    order = np.lexsort((corpus_ids, exposures[corpus_ids]))
+    ranks = np.full(exposures.shape[0], -1, dtype=np.int64)
+    ranks[corpus_ids[order]] = np.arange(len(corpus_ids))
+    return ranks
+
+
+def tail_recall(
+    hits: np.ndarray,
+    topk: np.ndarray,
+    pair_users: np.ndarray,
+    pair_items: np.ndarray,
+    is_tail: np.ndarray,
+    k: int,
+) -> float:
+    """Recall@k over tail positives, averaged over users with a tail positive.
+
+    Args:
+        hits: bool [U, K] (topk[u, r] is one of user u's positives).
+        topk: int [U, K] item ids.
+        pair_users: int [P] row (0..U-1) of each positive pair's user.
+        pair_items: int [P] item id of each positive pair (distinct pairs).
+        is_tail: bool [num_items].
+    """
+    n_tail = np.bincount(pair_users[is_tail[pair_items]], minlength=hits.shape[0])
+    found = (hits[:, :k] & is_tail[topk[:, :k]]).sum(axis=1)
+    users = n_tail > 0
+    if not users.any():
+        return float("nan")
+    return float(np.mean(found[users] / n_tail[users]))
+
+
+def coverage(topk: np.ndarray, k: int, corpus_size: int) -> float:
+    """Share of the corpus that appears in at least one row of ``topk[:, :k]``."""
+    if corpus_size == 0:
+        return float("nan")
+    return float(np.unique(topk[:, :k]).shape[0] / corpus_size)
+
+
+def discovery(topk: np.ndarray, k: int, item_group: np.ndarray, user_groups: np.ndarray) -> float:
+    """Share of users whose top k holds an item of one of their groups to discover.
+
+    Args:
+        topk: int [U, K] item ids.
+        item_group: int [num_items] group of each item (e.g. its category).
+        user_groups: bool [U, G]: the groups each user has yet to discover.
+            Users with none are left out of the average.
+    """
+    has = user_groups.any(axis=1)
+    if not has.any():
+        return float("nan")
+    groups = item_group[topk[:, :k]]  # [U, k]
+    found = np.take_along_axis(user_groups, groups, axis=1).any(axis=1)
+    return float(np.mean(found[has]))
+
+
+def recall_by_decile(
+    hits: np.ndarray,
+    topk: np.ndarray,
+    pair_items: np.ndarray,
+    ranks: np.ndarray,
+    exposures: np.ndarray,
+    corpus_size: int,
+    k: int,
+) -> dict[str, list]:
+    """Pooled recall@k of positives by popularity decile of their item.
+
+    Args:
+        hits, topk: as in :func:`tail_recall`.
+        pair_items: int [P] item id of each distinct positive pair.
+        ranks: :func:`popularity_ranks`.
+        exposures: int [num_items] train exposures per item id.
+
+    Returns: columns ``decile`` (0 = least exposed), ``items``,
+    ``exposures_min``, ``exposures_max``, ``positives``, ``found`` and
+    ``recall@k`` (NaN for a decile without positives).
+    """
+    decile_of = np.where(ranks >= 0, ranks * 10 // max(corpus_size, 1), -1)
+    pos_dec = decile_of[pair_items]
+    pos_dec = pos_dec[pos_dec >= 0]
+    found_dec = decile_of[topk[:, :k][hits[:, :k]]]
+    positives = np.bincount(pos_dec, minlength=10)[:10]
+    found = np.bincount(found_dec[found_dec >= 0], minlength=10)[:10]
+    in_corpus = ranks >= 0
+    table: dict[str, list] = {
+        "decile": list(range(10)),
+        "items": [],
+        "exposures_min": [],
+        "exposures_max": [],
+        "positives": [int(p) for p in positives],
+        "found": [int(f) for f in found],
+        f"recall@{k}": [
+            float(f / p) if p else float("nan") for f, p in zip(found, positives, strict=True)
+        ],
+    }
+    for d in range(10):
+        members = in_corpus & (decile_of == d)
+        table["items"].append(int(members.sum()))
+        e = exposures[members]
+        table["exposures_min"].append(int(e.min()) if e.size else 0)
+        table["exposures_max"].append(int(e.max()) if e.size else 0)
+    return table
+
+
+# ---- evaluator --------------------------------------------------------------------------
+@dataclass
+class OracleLists:
+    """The reference's answer for U users.
+
+    Attributes:
+        best: int [U, k] item ids of the true top k, best first.
+        mass: float [U] share of each user's true click probability (summed over
+            the corpus) that the given lists hold (NaN if unknown).
+        best_mass: float [U] the same share for ``best``.
+    """
+
+    best: np.ndarray
+    mass: np.ndarray
+    best_mass: np.ndarray
+
+
+@dataclass
+class Reference:
+    """What the data's generator knows (synthetic data): the true ranking and the
+    interests a user has yet to discover.
+
+    Attributes:
+        rank: (user ids [U], corpus item ids [N], k, lists int [U, k] item ids)
+            -> :class:`OracleLists`.
+        item_group: int [num_items] group of each item id (e.g. its category), or None.
+        user_groups: user ids [U] -> bool [U, G], the groups each user has yet to
+            discover, or None.
+    """
+
+    rank: Callable[[np.ndarray, np.ndarray, int, np.ndarray], OracleLists]
+    item_group: np.ndarray | None = None
+    user_groups: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclass
+class RetrievalReport:
+    """Metrics (``recall@100``, ...) and the recall-by-decile table of one evaluation."""
+
+    metrics: dict[str, float]
+    deciles: dict[str, list] | None = None
+    users: int = 0
+
+
 class FullCorpusEvaluator:
     """Streams a split's rows, then scores each user against the whole corpus.
 
@@ -100,25 +302,104 @@ class FullCorpusEvaluator:
         earlier = t[first] < self.first_ts[u[first]]
         rows = first[earlier]
         self.first_ts[u[rows]] = t[rows]
-        self.queries[u[rows]] = user_emb.detach().cpu().numpy()[rows]
+        self.queries[u[rows]] = user_emb.detach().cpu().float().numpy()[rows]
         pos = positive.cpu().numpy().astype(bool)
         self.pairs.append(np.stack([u[pos], item_ids.cpu().numpy()[pos]], axis=1))
 
+    def add_positives(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> None:
+        """Positive (user, item) pairs only, for an evaluator whose queries come from
+        another one (:meth:`sharing_queries`). Args: user_ids [B], item_ids [B]."""
+        u, i = user_ids.cpu().numpy(), item_ids.cpu().numpy()
+        self.pairs.append(np.stack([u, i], axis=1).astype(np.int64))
+
+    def sharing_queries(self) -> FullCorpusEvaluator:
+        """A new evaluator with this one's per-user queries and no positives: it
+        evaluates another set of positives (e.g. a slice of the split) with the
+        same query per user."""
+        other = FullCorpusEvaluator.__new__(FullCorpusEvaluator)
+        other.first_ts, other.queries, other.pairs = self.first_ts, self.queries, []
+        return other
+
+    def positive_pairs(self) -> np.ndarray:
+        """int64 [P, 2] distinct (user id, item id) positive pairs, sorted."""
+        stacked = np.concatenate(self.pairs) if self.pairs else np.zeros((0, 2), np.int64)
+        return np.unique(stacked.astype(np.int64), axis=0)
+
     def compute(
-        self, item_emb: torch.Tensor, item_ids: torch.Tensor, ks: tuple[int, ...] = (10, 50, 100)
-    ) -> dict[str, float]:
-        """Args: item_emb [N, D] for the corpus, item_ids [N] their ids."""
-        pairs = np.unique(
-            np.concatenate(self.pairs) if self.pairs else np.zeros((0, 2), np.int64), axis=0
-        )
+        self,
+        item_emb: torch.Tensor,
+        item_ids: torch.Tensor,
+        ks: tuple[int, ...] = (10, 50, 100),
+        exposures: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+        reference: Reference | None = None,
+        tail_share: float = 0.8,
+        long_tail_k: int = 100,
+    ) -> RetrievalReport:
+        """Score every evaluated user against the corpus.
+
+        Args:
+            item_emb: [N, D] corpus embeddings; item_ids [N] their ids.
+            exposures: int [num_items] train exposures per item id: enables
+                ``tail_recall``, the decile table (and ``coverage`` needs nothing).
+            exclude: int [Q, 2] (user id, item id) pairs to drop from the user's
+                ranking (e.g. train positives).
+            reference: enables the ``oracle_*`` and ``discovery`` metrics.
+            long_tail_k: the k of tail recall, coverage, discovery, deciles, oracle.
+        """
+        pairs = self.positive_pairs()
         users, starts, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
-        corpus_ids = item_ids.cpu().numpy()
-        rows = topk_items(torch.from_numpy(self.queries[users]), item_emb.float(), max(ks))
+        corpus_ids = item_ids.cpu().numpy().astype(np.int64)
+        k_max = max(*ks, long_tail_k)
+        csr = _exclusion_csr(users, corpus_ids, exclude) if exclude is not None else None
+        queries = torch.from_numpy(self.queries[users])
+        rows = topk_items(queries, item_emb.float(), k_max, exclude=csr)
         topk = corpus_ids[rows.numpy()]
         # Membership of (user, item) in the positive pairs, vectorised via one key.
         span = int(max(corpus_ids.max(initial=0), pairs[:, 1].max(initial=0))) + 1
         pos_keys = pairs[:, 0] * span + pairs[:, 1]
         hits = np.isin(users[:, None] * span + topk, pos_keys)
         out = _from_hits(hits, counts.astype(np.float64), ks)
-        out["users"] = float(len(users))
-        return out
+        k = long_tail_k
+        pair_users = np.repeat(np.arange(len(users)), counts)  # pairs are sorted by user
+        out[f"coverage@{k}"] = coverage(topk, k, len(corpus_ids))
+        deciles = None
+        if exposures is not None:
+            exposures = np.asarray(exposures, dtype=np.int64)
+            ranks = popularity_ranks(exposures, corpus_ids)
+            is_tail = (ranks >= 0) & (ranks < int(tail_share * len(corpus_ids)))
+            out[f"tail_recall@{k}"] = tail_recall(hits, topk, pair_users, pairs[:, 1], is_tail, k)
+            deciles = recall_by_decile(
+                hits, topk, pairs[:, 1], ranks, exposures, len(corpus_ids), k
+            )
+        if reference is not None and len(users):
+            oracle = reference.rank(users, corpus_ids, k, topk[:, :k])
+            best = oracle.best
+            best_hits = np.isin(users[:, None] * span + best, pos_keys)
+            out[f"oracle_recall@{k}"] = float(np.mean(best_hits.sum(axis=1) / counts))
+            out[f"expected_recall@{k}"] = float(np.mean(oracle.mass))
+            out[f"oracle_expected_recall@{k}"] = float(np.mean(oracle.best_mass))
+            if reference.item_group is not None and reference.user_groups is not None:
+                groups = reference.user_groups(users)
+                out[f"discovery@{k}"] = discovery(topk, k, reference.item_group, groups)
+                out[f"oracle_discovery@{k}"] = discovery(best, k, reference.item_group, groups)
+        return RetrievalReport(out, deciles, users=len(users))
+
+
+def _exclusion_csr(
+    users: np.ndarray, corpus_ids: np.ndarray, pairs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr [U + 1], corpus rows) of the pairs' items for each of ``users``."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(users) == 0:
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    row_of = np.full(int(max(corpus_ids.max(initial=0), pairs[:, 1].max(initial=0))) + 1, -1)
+    row_of[corpus_ids] = np.arange(len(corpus_ids))
+    slot = np.searchsorted(users, pairs[:, 0])
+    slot = np.minimum(slot, len(users) - 1)
+    keep = (users[slot] == pairs[:, 0]) & (row_of[pairs[:, 1]] >= 0)
+    slot, items = slot[keep], row_of[pairs[keep, 1]]
+    order = np.argsort(slot, kind="stable")
+    indptr = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(slot, minlength=len(users)), out=indptr[1:])
+    return indptr, items[order]

@@ -3,23 +3,53 @@ predictors reuse it unchanged)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from ranking.modules.interaction import DotInteraction
+from ranking.modules.interaction import make_interaction
 from ranking.modules.mlp import MLP
+from ranking.modules.sequence_match import SequenceMatch
+from ranking.modules.target_attention import TargetAttention
+from ranking.modules.task_heads import TaskHeads
 
 
 class DLRMHead(nn.Module):
-    """Dense arch + interaction + over arch of a DLRM-style ranker.
+    """Dense arch + target attention + interaction + over arch + task heads.
 
-    The dense features go through the bottom MLP to width D; together with the
-    F pooled embeddings (all width D) they form F+1 vectors whose pairwise dot
-    products (plus the dense vector) feed the top MLP, which emits one logit per
-    task. With no dense features the bottom MLP sees a constant 1, i.e. learns a
-    bias vector, so the interaction keeps its shape.
+    The dense features (plus, with ``match``, two id-match statistics per
+    (sequence, candidate) pair, see :class:`~ranking.modules.sequence_match.SequenceMatch`)
+    go through the bottom MLP to width D. With the F pooled
+    embeddings (all width D) and one target-attention output per (sequence,
+    candidate) pair they form V = 1 + F + A vectors; the interaction (``dot``:
+    DLRM pairwise dots, ``dcn``: DCN-v2 cross layers) turns them into one vector,
+    the over arch (shared by all tasks) into a hidden representation, and one
+    tower per task into a logit (ESMM tasks: the logit of the joint probability,
+    see :class:`~ranking.modules.task_heads.TaskHeads`). With no dense features
+    the bottom MLP sees a constant 1, i.e. learns a bias vector, so the
+    interaction keeps its shape.
 
-    Shapes: ({name: [B, D]}, [B, D_dense]) -> logits [B, T].
+    Args:
+        features: sparse feature names, in interaction order.
+        dense_dim: D_dense, the number of dense inputs.
+        embedding_dim: D.
+        dense_arch: hidden sizes of the bottom MLP (its output is D).
+        over_arch: hidden sizes of the shared top MLP.
+        tasks: task names (output columns).
+        interaction: ``dot`` or ``dcn``; ``interaction_options`` go to it
+            (``dcn``: ``num_layers``, ``rank``).
+        attention: (sequence, candidate) feature pairs; the candidate's pooled
+            embedding attends over the sequence's unpooled embeddings.
+        match: (sequence, candidate) pairs whose id-match counts join the dense input.
+        attention_arch: hidden sizes of each attention's activation unit.
+        task_arch: hidden sizes of each task tower.
+        esmm: conditional task -> parent task.
+        dropout: dropout between the over arch's layers.
+
+    Shapes: ({name: [B, D]}, {sequence: [B, L, D]}, {name: int64 ids}, [B, D_dense])
+    -> logits [B, T]. ``ids`` holds each attention/match sequence padded with -1
+    ([B, L]) and each match candidate ([B]).
     """
 
     def __init__(
@@ -29,23 +59,68 @@ class DLRMHead(nn.Module):
         embedding_dim: int,
         dense_arch: list[int],
         over_arch: list[int],
-        num_tasks: int,
+        tasks: list[str],
+        interaction: str = "dot",
+        interaction_options: dict[str, Any] | None = None,
+        attention: list[tuple[str, str]] | None = None,
+        attention_arch: list[int] | None = None,
+        task_arch: list[int] | None = None,
+        esmm: dict[str, str] | None = None,
+        dropout: float = 0.0,
+        match: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__()
+        attention = list(attention or [])
         self.features: list[str] = list(features)
-        self.has_dense = dense_dim > 0
-        self.dense_arch = MLP(max(dense_dim, 1), [*dense_arch, embedding_dim])
-        self.interaction = DotInteraction(len(features) + 1)
-        self.over_arch = MLP(
-            self.interaction.output_dim(embedding_dim),
-            [*over_arch, num_tasks],
-            final_activation=False,
+        self.sequences: list[str] = [s for s, _ in attention]
+        self.candidates: list[str] = [c for _, c in attention]
+        match = list(match or [])
+        self.match_sequences: list[str] = [s for s, _ in match]
+        self.match_candidates: list[str] = [c for _, c in match]
+        self.matchers = nn.ModuleList([SequenceMatch() for _ in match])
+        self.has_dense = dense_dim + 2 * len(match) > 0
+        self.dense_arch = MLP(max(dense_dim + 2 * len(match), 1), [*dense_arch, embedding_dim])
+        self.attention = nn.ModuleList(
+            [TargetAttention(embedding_dim, list(attention_arch or [64])) for _ in attention]
         )
+        self.interaction = make_interaction(
+            interaction,
+            1 + len(self.features) + len(attention),
+            embedding_dim,
+            **(interaction_options or {}),
+        )
+        self.over_arch = MLP(self.interaction.output_dim, list(over_arch), dropout=dropout)
+        self.heads = TaskHeads(self.over_arch.out_dim, list(tasks), task_arch, esmm)
 
-    def forward(self, pooled: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
+    def hidden(
+        self,
+        pooled: dict[str, torch.Tensor],
+        sequences: dict[str, torch.Tensor],
+        ids: dict[str, torch.Tensor],
+        dense: torch.Tensor,
+    ) -> torch.Tensor:
+        """The over-arch output [B, H] the task towers read."""
+        parts = [dense]
+        for i, matcher in enumerate(self.matchers):  # a ModuleList: TorchScript unrolls it
+            seq, cand = self.match_sequences[i], self.match_candidates[i]
+            parts.append(matcher(ids[cand], ids[seq]).to(dense.dtype))
+        dense = torch.cat(parts, dim=1)
         if not self.has_dense:
             dense = torch.ones(dense.shape[0], 1, dtype=dense.dtype, device=dense.device)
         vectors = [self.dense_arch(dense)]
         for name in self.features:
             vectors.append(pooled[name])
+        for i, att in enumerate(self.attention):
+            seq = self.sequences[i]
+            mask = ids[seq] >= 0
+            vectors.append(att(pooled[self.candidates[i]], sequences[seq], mask))
         return self.over_arch(self.interaction(torch.stack(vectors, dim=1)))
+
+    def forward(
+        self,
+        pooled: dict[str, torch.Tensor],
+        sequences: dict[str, torch.Tensor],
+        ids: dict[str, torch.Tensor],
+        dense: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.heads(self.hidden(pooled, sequences, ids, dense))

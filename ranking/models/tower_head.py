@@ -22,6 +22,7 @@ class TowerHead(nn.Module):
         hidden: hidden layer sizes.
         out_dim: embedding size D.
         normalize: L2-normalise the output (cosine similarity retrieval).
+        dropout: dropout after each hidden layer (training only).
 
     Shapes: ({name: [B, d_name]}, [B, D_dense]) -> [B, D].
     """
@@ -34,11 +35,12 @@ class TowerHead(nn.Module):
         hidden: list[int],
         out_dim: int,
         normalize: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.features: list[str] = list(features)
         in_dim = sum(dims[f] for f in features) + dense_dim
-        self.mlp = MLP(in_dim, [*hidden, out_dim], final_activation=False)
+        self.mlp = MLP(in_dim, [*hidden, out_dim], final_activation=False, dropout=dropout)
         self.normalize = normalize
 
     def forward(self, pooled: dict[str, torch.Tensor], dense: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ranking.data.batch import Batch
 from ranking.models.tower_head import TowerHead
-from ranking.modules.embedding import ebc_from_schema, feature_dims
-from ranking.schema import Schema, Side
+from ranking.modules.embedding import feature_dims
+from ranking.modules.sequence_pooling import AttentionPooling
+from ranking.schema import Feature, Kind, Schema, Side
+
+POOLINGS = ("mean", "attention")
+
+
+def position_key(feature: str, position: int) -> str:
+    """Key of one position of an attention-pooled sequence in the embedding collection."""
+    return f"{feature}#{position}"
 
 
 class TwoTower(nn.Module):
@@ -19,11 +29,23 @@ class TwoTower(nn.Module):
     is one torchrec table. Context-side features are not used: retrieval runs
     before any context (slot, position) exists.
 
+    Sequence pooling: ``mean`` pools each user-side ``sequence`` feature in the
+    collection (the schema's pooling). ``attention`` needs the sequence's item
+    embeddings unpooled: each position p of such a feature becomes a key
+    ``name#p`` of the same table (a bag of at most one id, so its pooled output
+    is that id's embedding, zeros past the list's end), and an
+    :class:`~ranking.modules.sequence_pooling.AttentionPooling` pools the [B, L, D]
+    stack. The table stays one torchrec table (and shards like any other).
+
     Args:
         schema: dataset schema.
         hidden: hidden sizes of each tower's MLP.
         out_dim: embedding size D.
         normalize: L2-normalise both towers' outputs.
+        sequence_pooling: ``mean`` or ``attention`` (user-side sequences).
+        attention_heads: heads of the attention pooling (its output is heads x D_table).
+        attention_hidden: width of the attention scoring layer.
+        dropout: dropout after each hidden layer of both towers.
 
     Example:
         >>> model = TwoTower(schema, hidden=[64], out_dim=32)   # doctest: +SKIP
@@ -33,22 +55,71 @@ class TwoTower(nn.Module):
     """
 
     def __init__(
-        self, schema: Schema, hidden: list[int], out_dim: int, normalize: bool = True
+        self,
+        schema: Schema,
+        hidden: list[int],
+        out_dim: int,
+        normalize: bool = True,
+        sequence_pooling: str = "mean",
+        attention_heads: int = 1,
+        attention_hidden: int = 32,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if sequence_pooling not in POOLINGS:
+            raise ValueError(
+                f"sequence_pooling must be one of {POOLINGS}, got {sequence_pooling!r}"
+            )
         user, item = schema.sparse(Side.USER), schema.sparse(Side.ITEM)
-        self.sparse = ebc_from_schema(schema, user + item)
+        #: attention-pooled features -> max_len
+        self.attentive: dict[str, int] = {
+            f.name: int(f.max_len)
+            for f in user
+            if sequence_pooling == "attention" and f.kind == Kind.SEQUENCE and f.max_len
+        }
+        self.sparse = _collection(schema, user + item, self.attentive)
         dims = feature_dims(self.sparse)
+        self.poolers = nn.ModuleDict(
+            {
+                name: AttentionPooling(
+                    dims[position_key(name, 0)], length, attention_heads, attention_hidden
+                )
+                for name, length in self.attentive.items()
+            }
+        )
+        for name, pooler in self.poolers.items():
+            dims[name] = pooler.out_dim
         self.user_tower = TowerHead(
-            [f.name for f in user], dims, len(schema.dense(Side.USER)), hidden, out_dim, normalize
+            [f.name for f in user],
+            dims,
+            len(schema.dense(Side.USER)),
+            hidden,
+            out_dim,
+            normalize,
+            dropout,
         )
         self.item_tower = TowerHead(
-            [f.name for f in item], dims, len(schema.dense(Side.ITEM)), hidden, out_dim, normalize
+            [f.name for f in item],
+            dims,
+            len(schema.dense(Side.ITEM)),
+            hidden,
+            out_dim,
+            normalize,
+            dropout,
         )
         self.out_dim = out_dim
 
     def pooled(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return self.sparse(batch.sparse).to_dict()
+        """Per feature [B, d_feature]: pooled embeddings (attention-pooled sequences included)."""
+        if not self.attentive:
+            return self.sparse(batch.sparse).to_dict()
+        kjt, lengths = _spread_positions(batch.sparse, self.attentive)
+        out = self.sparse(kjt).to_dict()
+        for name, length in self.attentive.items():
+            emb = torch.stack([out.pop(position_key(name, p)) for p in range(length)], dim=1)
+            valid = torch.arange(length, device=emb.device) < lengths[name].unsqueeze(1)
+            out[name] = self.poolers[name](emb, valid)
+        return out
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
         """[B, D] user embeddings (item-side keys of the batch may be empty)."""
@@ -64,3 +135,65 @@ class TwoTower(nn.Module):
             self.user_tower(pooled, batch.dense[Side.USER]),
             self.item_tower(pooled, batch.dense[Side.ITEM]),
         )
+
+
+def _collection(
+    schema: Schema, features: list[Feature], attentive: dict[str, int]
+) -> EmbeddingBagCollection:
+    """One EmbeddingBagCollection over ``features``' tables; an attentive sequence
+    looks its table up once per position (keys ``name#p``)."""
+    configs = []
+    for t in schema.tables_for(features):
+        names: list[str] = []
+        for name in t.features:
+            if name in attentive:
+                names += [position_key(name, p) for p in range(attentive[name])]
+            else:
+                names.append(name)
+        configs.append(
+            EmbeddingBagConfig(
+                name=t.name,
+                embedding_dim=t.dim,
+                num_embeddings=t.num_rows,
+                feature_names=names,
+                pooling=PoolingType.SUM if t.pooling == "sum" else PoolingType.MEAN,
+            )
+        )
+    return EmbeddingBagCollection(tables=configs)
+
+
+def _spread_positions(
+    kjt: KeyedJaggedTensor, attentive: dict[str, int]
+) -> tuple[KeyedJaggedTensor, dict[str, torch.Tensor]]:
+    """Replace each attentive sequence key by one key per position.
+
+    Position p of a list holds its p-th value (oldest first, as in the padded
+    dense form); key ``name#p`` has length 1 where the list is longer than p,
+    else 0. Returns the new KJT and each attentive feature's list lengths [B].
+    """
+    jts = kjt.to_dict()
+    keys: list[str] = []
+    values: list[torch.Tensor] = []
+    lengths: list[torch.Tensor] = []
+    seq_lengths: dict[str, torch.Tensor] = {}
+    for name in kjt.keys():  # noqa: SIM118 (a KJT is not a dict)
+        jt = jts[name]
+        if name not in attentive:
+            keys.append(name)
+            values.append(jt.values())
+            lengths.append(jt.lengths())
+            continue
+        length = attentive[name]
+        ids = jt.to_padded_dense(desired_length=length, padding_value=-1)  # [B, L]
+        valid_t = (ids >= 0).T  # [L, B], key-major like the KJT's values
+        keys += [position_key(name, p) for p in range(length)]
+        values.append(ids.T[valid_t])
+        lengths.append(valid_t.reshape(-1).to(jt.lengths().dtype))
+        seq_lengths[name] = jt.lengths().clamp(max=length)
+    out = KeyedJaggedTensor(
+        keys=keys,
+        values=torch.cat(values),
+        lengths=torch.cat(lengths),
+        stride=kjt.stride(),
+    )
+    return out, seq_lengths

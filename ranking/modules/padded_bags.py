@@ -15,6 +15,12 @@ import torch
 from torch import nn
 
 
+def with_oov_row(weight: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of ``weight`` [rows, D] with one zero row appended: [rows + 1, D]."""
+    w = weight.detach().float()
+    return torch.cat([w, w.new_zeros(1, w.shape[1])])
+
+
 class FeatureBag(nn.Module):
     """Pooled lookup of one feature in a (possibly shared) weight matrix.
 
@@ -48,6 +54,11 @@ class PaddedEmbeddingBags(nn.Module):
         tables: table name -> weight [rows, D] (copied; no gradient).
         features: (feature name, table name, is_list, pooling) in output order.
 
+    Each copied weight gets one extra all-zero row, ``rows``: the
+    out-of-vocabulary row that the serving guard
+    (:mod:`ranking.serving.guards`) maps unknown one-id categoricals to. Valid
+    ids never read it, so outputs equal the training model's.
+
     Shapes: inputs[name] as in the module docstring -> {name: [B, D_table]}.
     """
 
@@ -58,8 +69,7 @@ class PaddedEmbeddingBags(nn.Module):
     ) -> None:
         super().__init__()
         weights = {
-            name: nn.Parameter(w.detach().clone().float(), requires_grad=False)
-            for name, w in tables.items()
+            name: nn.Parameter(with_oov_row(w), requires_grad=False) for name, w in tables.items()
         }
         self.names: list[str] = [f[0] for f in features]
         self.bags = nn.ModuleList(

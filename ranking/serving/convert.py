@@ -41,10 +41,24 @@ def padded_bags(
 
 
 def user_tower_predictor(schema: Schema, model: TwoTower) -> TowerPredictor:
+    """The user tower; attention-pooled sequences (``model.attentive``) look up the
+    same table weights and pool with a copy of the trained pooler."""
     head = copy.deepcopy(model.user_tower).cpu().eval()
-    return TowerPredictor(
-        padded_bags(schema, model.sparse, head.features), head, "dense_user"
-    ).eval()
+    pooled = [f for f in head.features if f not in model.attentive]
+    bags = padded_bags(schema, model.sparse, pooled)
+    if model.attentive:
+        from ranking.modules.sequence_pooling import AttentiveBags, MergedBags
+
+        tables = gather_tables(model.sparse)
+        specs = [
+            (name, schema.feature(name).table, copy.deepcopy(model.poolers[name]).cpu().eval())
+            for name in head.features
+            if name in model.attentive
+        ]
+        used = {t for _, t, _ in specs}
+        attentive = AttentiveBags({k: v for k, v in tables.items() if k in used}, specs)
+        bags = MergedBags(bags, attentive)
+    return TowerPredictor(bags, head, "dense_user").eval()
 
 
 def item_tower_predictor(schema: Schema, model: TwoTower) -> TowerPredictor:
@@ -55,8 +69,14 @@ def item_tower_predictor(schema: Schema, model: TwoTower) -> TowerPredictor:
 
 
 def ranker_predictor(schema: Schema, model: DLRM) -> RankerPredictor:
+    """The ranker; sequences under target attention are looked up unpooled in
+    the same copied weights as the pooled features."""
+    from ranking.modules.padded_sequence import PaddedSequences
+
     head = copy.deepcopy(model.head).cpu().eval()
-    return RankerPredictor(padded_bags(schema, model.sparse, head.features), head).eval()
+    bags = padded_bags(schema, model.sparse, head.features)
+    sequences = PaddedSequences.sharing(bags, list(dict.fromkeys(head.sequences)))
+    return RankerPredictor(bags, head, sequences).eval()
 
 
 def flat_inputs(schema: Schema, batch: Batch, sides: tuple[Side, ...]) -> dict[str, torch.Tensor]:

@@ -1,15 +1,21 @@
 """Write the serving bundle: scripted predictors, item embeddings, FAISS index,
 feature snapshots and ``manifest.json``.
 
-Bundle layout (format version 1)::
+Bundle layout (format version 2; ``ranking.serving.bundle`` opens it)::
 
     manifest.json        what everything is (see ``build_manifest``)
     user_tower.pt        TorchScript: inputs (user-side) -> float32 [B, D]
     item_tower.pt        TorchScript: inputs (item-side) -> float32 [B, D]
     ranker.pt            TorchScript: inputs (all sides) -> float32 [B, T] probabilities
+    *.pt2                the same three as torch.export programs (``*.aoti.pt2``:
+                         AOTInductor packages, with export.aoti=true); every artifact
+                         checks its inputs and maps ids into range (serving.guards)
+    preprocess.py        numpy reference of the manifest's ``preprocessing`` contract
+    test_vectors.pt/json raw requests, their tensors, each artifact's expected output
     item_embeddings.npy  float32 [N, D], row i = item_ids[i]
     item_ids.npy         int64 [N], raw item id of each corpus row
-    items.faiss          FAISS inner-product index over item_embeddings (row = corpus row)
+    items.faiss          FAISS inner-product index over item_embeddings (row = corpus row;
+                         exact, IVF or HNSW, see ranking.serving.index)
     item_features.npz    item-side ranker inputs per corpus row (same keys as the artifacts)
     user_snapshot.npz    user-side inputs of every known user + ``user_ids`` (int64 [U])
 """
@@ -31,19 +37,17 @@ from ranking.data.batch import Batch
 from ranking.models.dlrm import DLRM
 from ranking.models.two_tower import TwoTower
 from ranking.schema import Schema, Side
+from ranking.serving.artifacts import write_artifacts
+from ranking.serving.bundle import FORMAT_VERSION as BUNDLE_FORMAT_VERSION
 from ranking.serving.convert import (
     flat_inputs,
     item_tower_predictor,
     ranker_predictor,
     user_tower_predictor,
 )
+from ranking.serving.index import IndexConfig, build_index, measure_index, sample_rows
 
-FORMAT_VERSION = 1
-
-
-def _script(module: torch.nn.Module, path: Path) -> None:
-    scripted = torch.jit.script(module)
-    torch.jit.save(scripted, str(path))
+FORMAT_VERSION = BUNDLE_FORMAT_VERSION  # ranking.serving.bundle reads it back
 
 
 def _stack_inputs(chunks: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
@@ -118,6 +122,8 @@ def export_bundle(
     run_id: str | None = None,
     retrieve_k: int = 100,
     rank_by: str | None = None,
+    aoti: bool = False,
+    index: dict[str, Any] | None = None,
 ) -> Path:
     """Export both stages into one self-contained folder. Returns the folder.
 
@@ -125,6 +131,8 @@ def export_bundle(
         corpus_batches: iterable of item-corpus :class:`Batch` (every item once).
         user_batches: iterable of user-snapshot batches (every user once).
         rank_by: the task whose probability orders the final list (default: the first).
+        aoti: also compile AOTInductor ``.aoti.pt2`` packages (~10 s per artifact).
+        index: :class:`~ranking.serving.index.IndexConfig` fields (default: exact).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,9 +141,6 @@ def export_bundle(
     user_pred = user_tower_predictor(schema, retrieval)
     item_pred = item_tower_predictor(schema, retrieval)
     rank_pred = ranker_predictor(schema, ranker)
-    _script(user_pred, out / "user_tower.pt")
-    _script(item_pred, out / "item_tower.pt")
-    _script(rank_pred, out / "ranker.pt")
 
     with torch.no_grad():
         corpus: list[Batch] = list(corpus_batches)
@@ -146,13 +151,16 @@ def export_bundle(
     np.save(out / "item_embeddings.npy", emb)
     np.save(out / "item_ids.npy", item_ids)
     np.savez(out / "item_features.npz", **items)
-    index = faiss.IndexFlatIP(emb.shape[1])
-    index.add(emb)
-    faiss.write_index(index, str(out / "items.faiss"))
 
     users = snapshot(schema, user_batches, (Side.USER,))
     users.pop("item_ids")
     np.savez(out / "user_snapshot.npz", **users)
+
+    index_cfg = IndexConfig(**(index or {}))
+    faiss_index, index_info = build_index(emb, index_cfg)
+    faiss.write_index(faiss_index, str(out / "items.faiss"))
+    queries = _sample_queries(user_pred, users, emb, index_cfg)
+    index_info.update(measure_index(faiss_index, emb, queries, index_cfg.eval_k))
 
     manifest = build_manifest(
         schema,
@@ -165,6 +173,16 @@ def export_bundle(
         rank_by or tasks[0],
         n_items=len(item_ids),
         n_users=len(users["user_ids"]),
+        index_info=index_info,
+        ranker_outputs=ranker.output_columns(),
+    )
+    write_artifacts(
+        out,
+        manifest,
+        schema,
+        dense_stats,
+        {"user_tower": user_pred, "item_tower": item_pred, "ranker": rank_pred},
+        aoti=aoti,
     )
     manifest["files"] = {
         p.name: _sha256(p)
@@ -173,6 +191,23 @@ def export_bundle(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
     return out
+
+
+def _sample_queries(
+    user_pred: torch.nn.Module,
+    users: dict[str, np.ndarray],
+    emb: np.ndarray,
+    cfg: IndexConfig,
+) -> np.ndarray:
+    """User-tower outputs of a sample of the snapshot's users: the index's test
+    queries (item embeddings when the snapshot is empty)."""
+    n = len(users["user_ids"])
+    if n == 0:
+        return emb[sample_rows(len(emb), cfg.eval_queries, cfg.seed)]
+    rows = sample_rows(n, cfg.eval_queries, cfg.seed)
+    inputs = {k: torch.from_numpy(v[rows]) for k, v in users.items() if k != "user_ids"}
+    with torch.no_grad():
+        return user_pred(inputs).float().numpy()
 
 
 def build_manifest(
@@ -186,6 +221,8 @@ def build_manifest(
     rank_by: str,
     n_items: int,
     n_users: int,
+    index_info: dict[str, Any] | None = None,
+    ranker_outputs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     from ranking.hashing import DEFAULT_SEED
 
@@ -206,7 +243,7 @@ def build_manifest(
             if f.is_list:
                 entry.update(max_len=f.max_len, truncate_keeps="last" if f.truncate else None)
         else:
-            entry.update(transform=f.transform, stats=dense_stats.get(f.name))
+            entry.update(transform=f.transform, stats=dense_stats.get("features", {}).get(f.name))
         features[f.name] = entry
     context_defaults = {f.name: 0 for f in schema.sparse(Side.CONTEXT)}
     return {
@@ -247,13 +284,18 @@ def build_manifest(
                 "inputs": input_specs(schema, (Side.USER, Side.ITEM, Side.CONTEXT)),
                 "output": {"name": "probabilities", "dtype": "float32", "shape": ["B", len(tasks)]},
                 "tasks": list(tasks),
+                # column i = task i; ESMM columns are joint probabilities (pCTCVR)
+                "outputs": ranker_outputs,
             },
         },
+        # type/params of the FAISS index, its recall@k against exact search and
+        # single-thread query latency, measured at export (ranking.serving.index)
         "index": {
             "file": "items.faiss",
             "type": "IndexFlatIP",
             "metric": "inner_product",
             "ntotal": n_items,
+            **(index_info or {}),
             "row_to_item_id": "item_ids.npy",
             "embeddings": "item_embeddings.npy",
         },

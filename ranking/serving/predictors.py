@@ -18,12 +18,19 @@ from torch import nn
 from ranking.models.dlrm_head import DLRMHead
 from ranking.models.tower_head import TowerHead
 from ranking.modules.padded_bags import PaddedEmbeddingBags
+from ranking.modules.padded_sequence import PaddedSequences
 
 
 class TowerPredictor(nn.Module):
-    """One tower of the two-tower model. Output: embedding float32 [B, D]."""
+    """One tower of the two-tower model. Output: embedding float32 [B, D].
 
-    def __init__(self, bags: PaddedEmbeddingBags, head: TowerHead, dense_key: str) -> None:
+    ``bags`` maps the inputs to the head's pooled features: a
+    :class:`PaddedEmbeddingBags`, or with attention-pooled sequences a
+    :class:`~ranking.modules.sequence_pooling.MergedBags` of it and the
+    attentive lookups.
+    """
+
+    def __init__(self, bags: nn.Module, head: TowerHead, dense_key: str) -> None:
         super().__init__()
         self.bags = bags
         self.head = head
@@ -34,15 +41,24 @@ class TowerPredictor(nn.Module):
 
 
 class RankerPredictor(nn.Module):
-    """The ranker. Output: probabilities float32 [B, T], one column per task."""
+    """The ranker. Output: probabilities float32 [B, T], one column per task, in
+    the manifest's ``tasks`` order; an ESMM task's column is the joint
+    probability (``purchase``: P(click and purchase) = pCTR x pCVR).
 
-    def __init__(self, bags: PaddedEmbeddingBags, head: DLRMHead) -> None:
+    ``sequences`` looks up, unpooled, the behaviour sequences the head's target
+    attention reads (none when attention is off).
+    """
+
+    def __init__(
+        self, bags: PaddedEmbeddingBags, head: DLRMHead, sequences: PaddedSequences
+    ) -> None:
         super().__init__()
         self.bags = bags
         self.head = head
+        self.sequences = sequences
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         dense = torch.cat(
             [inputs["dense_user"], inputs["dense_item"], inputs["dense_context"]], dim=1
         )
-        return torch.sigmoid(self.head(self.bags(inputs), dense))
+        return torch.sigmoid(self.head(self.bags(inputs), self.sequences(inputs), inputs, dense))

@@ -22,9 +22,9 @@ import faiss
 import numpy as np
 import torch
 
+from ranking.serving.bundle import BundleError, read_manifest
 
-class BundleError(RuntimeError):
-    """The bundle is missing a file or disagrees with its manifest."""
+__all__ = ["BundleError", "Recommender", "main"]
 
 
 class Recommender:
@@ -32,10 +32,8 @@ class Recommender:
 
     def __init__(self, bundle: str | Path) -> None:
         self.root = Path(bundle)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.exists():
-            raise BundleError(f"{manifest_path}: not found (is {self.root} an export bundle?)")
-        self.manifest = json.loads(manifest_path.read_text())
+        # Format version and the sha256 of every file: a changed file is refused by name.
+        self.manifest = read_manifest(self.root)
         arts = self.manifest["artifacts"]
         self.user_tower = torch.jit.load(str(self.root / arts["user_tower"]["file"]))
         self.ranker = torch.jit.load(str(self.root / arts["ranker"]["file"]))

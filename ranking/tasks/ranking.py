@@ -1,4 +1,11 @@
-"""Ranking objective: one binary cross-entropy per task, weighted."""
+"""Ranking objective: one binary cross-entropy per task, weighted.
+
+Every task is supervised on every impression. For an ESMM task the model's
+logit is that of the joint probability (pCTCVR = pCTR x pCVR, see
+:class:`~ranking.modules.task_heads.TaskHeads`) and its label column is the
+joint outcome (``purchase`` = clicked and purchased in the synthetic data), so
+the loss needs no special case and no row is dropped.
+"""
 
 from __future__ import annotations
 

@@ -1,46 +1,322 @@
-"""Retrieval objective: in-batch sampled softmax over the two towers' outputs."""
+"""Retrieval objective: sampled softmax over in-batch, uniformly sampled and hard negatives.
+
+For the B positive rows of a batch (user u_b clicked item i_b), the candidates
+of row b are
+
+- the B in-batch items i_1..i_B (its own positive among them),
+- M items drawn uniformly from the corpus (mixed negative sampling, Yang et
+  al., WWW 2020; the same M for every row),
+- optionally, hard negatives: the batch's non-clicked impressions shown to the
+  same user,
+
+and the loss is the softmax cross-entropy of its own positive among them, with
+logits ``s(u, i) / temperature``.
+
+**Sampling-bias (logQ) correction** (Yi et al., RecSys 2019). In-batch
+candidates are positives of other rows, so popular items are negatives far more
+often than tail items: an uncorrected in-batch softmax learns
+``log P(i | u) - log p_i``, every item marked down by its own click popularity
+(good items and popular ones alike), not the full softmax over the corpus. The
+sampled-softmax correction subtracts from each candidate's logit the log of its
+expected number of occurrences in the candidate set. Under the mixed proposal
+that is, for item j,
+
+    log( B * p_j  +  M / N )
+
+where p_j is the probability that one positive row holds item j and N the
+corpus size: the first term is the in-batch share, the second the uniform one
+(an item can arrive by either route, so both use the same mixture; a tail item
+with p_j ~ 0 gets the uniform ``log(M / N)``, a head item ~ ``log(B p_j)``).
+With M = 0 this is Yi et al.'s ``log p_j`` up to a constant, which the softmax
+ignores. ``B * p_j`` is estimated either from corpus counts (the train split's
+positives per item, :func:`ranking.data.retrieval_stats.item_counts`), or with
+the streaming estimator of Yi et al. (one slot per item id instead of a hash:
+the average number of steps between two batches that hold the item, updated
+with rate ``alpha``; its inverse is the per-batch expected count). With the
+correction off every candidate is treated as uniformly drawn: no offset.
+Hard negatives are not drawn from the proposal and take no correction.
+
+**Exposure adjustment** (optional, ``exposure_adjustment`` = beta > 0). The
+corrected softmax estimates the log's own distribution, log P(i | u), and the
+log is biased: the logging policy shows popular items far more often, so
+P(i | u) = exposure(i | u) x click(i | u) / Z_u carries the exposure bias. Adding
+``beta * log x_j`` to each candidate's training logit, with x the train
+exposure share of item j (logit adjustment, Menon et al., ICLR 2021), makes the
+model learn ``log P(i | u) - beta * log x_i`` instead: beta = 1 divides the
+item's exposure popularity out, which is what ranking for an unbiased
+(random) exposure needs. The serving score is the plain dot product. Note
+that an *uncorrected* in-batch softmax is the special case "logQ on, beta = 1
+with the positives' own popularity as prior": it removes popularity twice
+over (exposure and click quality alike).
+
+**Impression loss** (optional, ``impression_weight`` = lambda > 0). Positives
+alone only tell which items a user clicked among those the log showed; how
+often an item is *not* clicked when shown is in the other impressions. With
+lambda > 0 the task adds lambda x the binary cross-entropy of
+``sigmoid(u . v / temperature + b)`` against the label over every impression
+of the batch (b is a learned offset), which pulls the same dot product
+towards the click probability given exposure, the quantity a random (unbiased)
+exposure measures. The train loader then yields every positive and a share
+of the other impressions (``retrieval.negative_share``; downsampling shifts
+the learned logit by a constant, which no ranking sees).
+
+**Accidental hits**: a candidate that is the row's own positive item (the same
+item clicked in another row, drawn from the corpus, or shown to the user
+elsewhere) is masked out of the row's softmax; the row's own column stays.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
+LOGQ_SOURCES = ("corpus", "streaming")
+
+
+class StreamingFrequency(nn.Module):
+    """Per-item streaming estimate of how often an item appears in a batch (Yi et al.
+    2019, Algorithm 2 without hashing: ids index the arrays directly).
+
+    ``last[j]`` is the last step that held item j, ``delta[j]`` the smoothed gap
+    between such steps; ``1 / delta[j]`` estimates the expected count of j per
+    batch. The first time j is seen at step t its gap is t (steps until its
+    first appearance); later ``delta <- (1 - alpha) delta + alpha (t - last)``.
+    Items never seen have expected count 0. State is in buffers, so it is saved
+    and restored with checkpoints.
+
+    Shapes: update(item_ids [B]); expected_count(ids [K]) -> [K].
+    """
+
+    def __init__(self, num_items: int, alpha: float = 0.05) -> None:
+        super().__init__()
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("last", torch.full((num_items,), -1, dtype=torch.int64))
+        self.register_buffer("delta", torch.zeros(num_items, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, item_ids: torch.Tensor) -> None:
+        """Record one training step whose batch holds ``item_ids``."""
+        self.step += 1
+        ids = torch.unique(item_ids)
+        last = self.last[ids]
+        gap = (self.step - last.clamp(min=0)).to(self.delta.dtype)
+        seen = last >= 0
+        old = self.delta[ids]
+        self.delta[ids] = torch.where(seen, (1 - self.alpha) * old + self.alpha * gap, gap)
+        self.last[ids] = self.step
+
+    def expected_count(self, ids: torch.Tensor) -> torch.Tensor:
+        d = self.delta[ids]
+        return torch.where(d > 0, 1.0 / d.clamp(min=1e-12), torch.zeros_like(d))
+
 
 class RetrievalTask(nn.Module):
-    """In-batch softmax: each positive (user, item) row's item is the target and
-    the other rows' items are its negatives.
+    """Sampled softmax with logQ correction, mixed negatives and hard negatives.
+
+    The model computes embeddings; this task turns them into the loss (see the
+    module docstring for the formulas).
 
     Args:
         positive_label: label column that marks a positive interaction (rows
             with label 0 are impressions without interest; they are not
-            retrieval positives and take no part in this loss).
-        temperature: logits are ``u . v / temperature``.
-        mask_accidental_hits: drop a negative that is the row's own positive item
-            (the same item clicked by two users in the batch).
+            retrieval positives).
+        temperature: logits are ``u . v / temperature`` (the initial value if learned).
+        learn_temperature: make 1 / temperature a trained parameter, clamped to
+            ``[1, 1 / min_temperature]``.
+        min_temperature: lower bound of a learned temperature.
+        mask_accidental_hits: mask candidates equal to the row's positive item.
+        logq: subtract the log expected count of each candidate (sampling-bias
+            correction); False: no correction.
+        logq_source: ``corpus`` (train positives per item; call
+            :meth:`set_item_counts`) or ``streaming`` (:class:`StreamingFrequency`).
+        streaming_alpha: learning rate of the streaming estimator.
+        num_sampled: M, corpus items drawn uniformly per batch as extra negatives.
+        hard_negatives: use the batch's non-positive rows of the same user as
+            extra negatives (the train loader must then yield every impression,
+            not only positives).
+        exposure_adjustment: beta of the exposure adjustment (0 = off); needs
+            :meth:`set_item_counts` with exposures.
+        impression_weight: lambda of the impression loss (0 = off); the train
+            loader must yield every impression.
+        num_items: size of the item-id vocabulary (corpus counts / streaming state).
 
-    Shapes: user [B, D], item [B, D], item_ids [B] -> scalar loss.
+    Example:
+        >>> task = RetrievalTask(temperature=0.1, logq=False)
+        >>> u = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> v = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> task.loss(u, v, torch.tensor([3, 1, 4, 1])).shape
+        torch.Size([])
+
+    Shapes: user [B, D], item [B, D], item_ids [B]; sampled [M, D], sampled_ids [M];
+    hard [H, D], hard_ids [H], hard_mask bool [B, H] -> scalar loss.
     """
 
     def __init__(
         self,
         positive_label: str = "click",
         temperature: float = 0.05,
+        learn_temperature: bool = False,
+        min_temperature: float = 0.01,
         mask_accidental_hits: bool = True,
+        logq: bool = False,
+        logq_source: str = "corpus",
+        streaming_alpha: float = 0.05,
+        num_sampled: int = 0,
+        hard_negatives: bool = False,
+        exposure_adjustment: float = 0.0,
+        impression_weight: float = 0.0,
+        num_items: int = 1,
     ) -> None:
         super().__init__()
+        if logq_source not in LOGQ_SOURCES:
+            raise ValueError(f"logq_source must be one of {LOGQ_SOURCES}, got {logq_source!r}")
+        if temperature <= 0 or min_temperature <= 0:
+            raise ValueError("temperatures must be positive")
+        if num_sampled < 0:
+            raise ValueError(f"num_sampled must be >= 0, got {num_sampled}")
         self.positive_label = positive_label
-        self.temperature = temperature
         self.mask_accidental_hits = mask_accidental_hits
+        self.logq = logq
+        self.logq_source = logq_source
+        self.num_sampled = int(num_sampled)
+        self.hard_negatives = hard_negatives
+        self.exposure_adjustment = float(exposure_adjustment)
+        self.impression_weight = float(impression_weight)
+        # offset of the impression loss's logit (base click rate)
+        self.impression_bias = nn.Parameter(torch.tensor(-2.0)) if impression_weight else None
+        self.max_inverse_temperature = 1.0 / min_temperature
+        log_inv = torch.tensor(math.log(1.0 / temperature))
+        if learn_temperature:
+            self.log_inverse_temperature = nn.Parameter(log_inv)
+        else:
+            self.register_buffer("log_inverse_temperature", log_inv)
+        #: corpus size N of the uniform draws (set by the caller that samples them)
+        self.corpus_size = int(num_items)
+        # p_j of the corpus estimate: positives of j / all positives (train split)
+        self.register_buffer("item_prob", torch.zeros(num_items, dtype=torch.float64))
+        # log x_j of the exposure adjustment: log of item j's share of train exposures
+        self.register_buffer("log_exposure", torch.zeros(num_items, dtype=torch.float32))
+        self.frequency = (
+            StreamingFrequency(num_items, streaming_alpha)
+            if logq and logq_source == "streaming"
+            else None
+        )
 
+    # ---- state ----------------------------------------------------------------------
     def positives(self, labels: dict[str, torch.Tensor]) -> torch.Tensor:
         """Bool [B]: rows that are retrieval positives."""
         return labels[self.positive_label] > 0.5
 
-    def loss(self, user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        logits = user @ item.T / self.temperature  # [B, B]
+    @torch.no_grad()
+    def set_item_counts(
+        self, positives: torch.Tensor, exposures: torch.Tensor | None = None
+    ) -> None:
+        """Corpus statistics of the train split, per item id [N]: ``positives``
+        (positive rows: the corpus logQ estimate) and ``exposures`` (all rows: the
+        exposure adjustment's prior).
+
+        An item never positive (exposed) in train gets the share of one count
+        (a positive in the batch was sampled at least once; an unexposed item
+        is given half an exposure, so its prior stays finite)."""
+        counts = positives.to(torch.float64).clamp(min=1.0)
+        self.item_prob.copy_(counts / positives.to(torch.float64).sum().clamp(min=1.0))
+        if exposures is not None:
+            x = exposures.to(torch.float64).clamp(min=0.5)
+            self.log_exposure.copy_(torch.log(x / x.sum()).float())
+
+    def inverse_temperature(self) -> torch.Tensor:
+        return self.log_inverse_temperature.exp().clamp(1.0, self.max_inverse_temperature)
+
+    @property
+    def needs_all_rows(self) -> bool:
+        """True when the loss reads non-positive impressions (the train loader must
+        then yield every row, not only positives)."""
+        return self.hard_negatives or self.impression_weight > 0
+
+    def impression_loss(
+        self, user: torch.Tensor, item: torch.Tensor, labels: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """lambda x mean BCE of sigmoid(u . v / temperature + b) against the positive
+        label over all rows. Shapes: user [R, D], item [R, D] -> scalar."""
+        if self.impression_bias is None:
+            return user.new_zeros(())
+        logit = (user * item).sum(dim=1) * self.inverse_temperature() + self.impression_bias
+        target = labels[self.positive_label].to(logit.dtype)
+        bce = nn.functional.binary_cross_entropy_with_logits(logit, target)
+        return self.impression_weight * bce
+
+    @torch.no_grad()
+    def observe(self, item_ids: torch.Tensor) -> None:
+        """One training step's positive item ids (feeds the streaming estimator)."""
+        if self.frequency is not None:
+            self.frequency.update(item_ids)
+
+    def log_expected_count(self, ids: torch.Tensor, batch: int, sampled: int) -> torch.Tensor:
+        """[K] log of the expected occurrences of items ``ids`` among the candidates
+        of a batch with ``batch`` positives and ``sampled`` uniform draws."""
+        if self.frequency is not None:
+            in_batch = self.frequency.expected_count(ids)
+        else:
+            in_batch = batch * self.item_prob[ids]
+        uniform = sampled / max(self.corpus_size, 1)
+        return torch.log((in_batch + uniform).clamp(min=1e-30)).to(torch.float32)
+
+    # ---- loss -------------------------------------------------------------------------
+    def logits(
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        item_ids: torch.Tensor,
+        sampled: torch.Tensor | None = None,
+        sampled_ids: torch.Tensor | None = None,
+        hard: torch.Tensor | None = None,
+        hard_ids: torch.Tensor | None = None,
+        hard_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Corrected, masked logits [B, B + M + H]; row b's positive is column b."""
+        b = user.shape[0]
+        candidates, ids = [item], [item_ids]
+        if sampled is not None and sampled_ids is not None and sampled.shape[0]:
+            candidates.append(sampled)
+            ids.append(sampled_ids)
+        cand_ids = torch.cat(ids)
+        scale = self.inverse_temperature()
+        logits = user @ torch.cat(candidates).T * scale  # [B, B + M]
+        if self.logq:
+            m = cand_ids.shape[0] - b
+            logits = logits - self.log_expected_count(cand_ids, b, m).unsqueeze(0)
+        if self.exposure_adjustment:
+            logits = logits + self.exposure_adjustment * self.log_exposure[cand_ids].unsqueeze(0)
+        masked = torch.zeros_like(logits, dtype=torch.bool)
         if self.mask_accidental_hits:
-            same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
-            same.fill_diagonal_(False)
-            logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+            masked = cand_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+            own = torch.arange(b, device=user.device)
+            masked[own, own] = False
+        if hard is not None and hard_ids is not None and hard_mask is not None and hard.shape[0]:
+            logits = torch.cat([logits, user @ hard.T * scale], dim=1)
+            hard_out = ~hard_mask
+            if self.mask_accidental_hits:
+                hard_out = hard_out | (hard_ids.unsqueeze(0) == item_ids.unsqueeze(1))
+            masked = torch.cat([masked, hard_out], dim=1)
+        return logits.masked_fill(masked, torch.finfo(logits.dtype).min)
+
+    def loss(
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        item_ids: torch.Tensor,
+        sampled: torch.Tensor | None = None,
+        sampled_ids: torch.Tensor | None = None,
+        hard: torch.Tensor | None = None,
+        hard_ids: torch.Tensor | None = None,
+        hard_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean softmax cross-entropy of each row's positive (see :meth:`logits`)."""
+        logits = self.logits(user, item, item_ids, sampled, sampled_ids, hard, hard_ids, hard_mask)
         target = torch.arange(user.shape[0], device=user.device)
         return nn.functional.cross_entropy(logits, target)

@@ -1,0 +1,164 @@
+"""The ranker's configurable parts: each interaction / attention / task setup is one
+config override, trains a few steps with the fused tables, and its scripted
+plain-torch serving predictor matches the eager model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ranking.data.datamodule import RecDataModule
+from ranking.models.dlrm import attention_pairs
+from ranking.modules.fused_embedding import position_key, with_positions
+from ranking.modules.sequence_match import SequenceMatch
+from ranking.modules.task_heads import TaskHeads, logit_of_product
+from ranking.pipeline import build_ranking
+from ranking.schema import Side
+from ranking.serving.convert import flat_inputs, ranker_predictor
+from tests.conftest import compose_train, tiny_overrides
+
+VARIANTS = {
+    "default": [],
+    "dot": ["ranking.model.interaction=dot"],
+    "dcn": ["ranking.model.interaction=dcn"],
+    "dcn_low_rank": ["ranking.model.interaction=dcn", "ranking.model.dcn.rank=8"],
+    "attention_and_match_off": ["ranking.model.attention=false", "ranking.model.match=false"],
+    "attention_on_dot": ["ranking.model.attention=true", "ranking.model.interaction=dot"],
+    "single_task": ["ranking.model.tasks=[click]"],
+    "plain_tables": ["optimizer@ranking.optimizer=adam"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dm(tiny_dataset) -> RecDataModule:
+    dm = RecDataModule(tiny_dataset, batch_size=128, eval_batch_size=256, validate=False)
+    dm.setup()
+    return dm
+
+
+def _train_steps(module, batches) -> None:
+    optimizer = module.optimizer_factory(module.dense_parameters())
+    module.train()
+    for batch in batches:
+        module.on_train_batch_start(batch, 0)  # hands the fused tables their rate
+        loss, _ = module.task.loss(module.model(batch), batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_trains_and_scripted_predictor_matches(variant, tiny_dataset, tiny_dm):
+    torch.manual_seed(0)
+    cfg = compose_train([*tiny_overrides(tiny_dataset), *VARIANTS[variant]])
+    module = build_ranking(cfg, tiny_dm.schema)
+    model = module.model
+    assert model.fused == (variant != "plain_tables")
+    want_interaction = {"dcn": "CrossInteraction", "dot": "DotInteraction"}[
+        cfg.ranking.model.interaction
+    ]
+    assert type(model.head.interaction).__name__ == want_interaction
+    assert bool(model.positions) == bool(cfg.ranking.model.attention)
+    assert len(model.head.matchers) == (3 if cfg.ranking.model.match else 0)
+
+    batches = [b for _, b in zip(range(3), tiny_dm.train_dataloader(), strict=False)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _train_steps(module, batches)
+    after = model.state_dict()
+    table = "sparse.embedding_bags.item_id.weight"
+    touched = torch.cat([b.sparse["item_id"].values() for b in batches]).unique()
+    moved = (after[table] - before[table]).abs().sum(dim=1) > 0
+    assert moved[touched].all()  # the fused (or dense) update reached the looked-up rows
+    if model.fused:  # ... and only those: row-wise Adagrad updates rows it saw
+        seen = set(touched.tolist())
+        for b in batches:
+            seen |= set(b.sparse["hist_items"].values().tolist())
+        untouched = torch.ones_like(moved)
+        untouched[list(seen)] = False
+        assert not moved[untouched].any()
+
+    model.eval()
+    batch = next(iter(tiny_dm.test_dataloader()))
+    scripted = torch.jit.script(ranker_predictor(tiny_dm.schema, model))
+    inputs = flat_inputs(tiny_dm.schema, batch, (Side.USER, Side.ITEM, Side.CONTEXT))
+    with torch.no_grad():
+        want = torch.sigmoid(model(batch))
+        got = scripted(inputs)
+    assert got.shape == (len(batch), len(cfg.ranking.model.tasks))
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_attention_pairs_come_from_shared_tables(tiny_dm):
+    pairs = attention_pairs(tiny_dm.schema)
+    assert ("hist_items", "item_id") in pairs
+    for seq, cand in pairs:
+        assert tiny_dm.schema.feature(seq).table == tiny_dm.schema.feature(cand).table
+    assert attention_pairs(tiny_dm.schema, ["hist_items"]) == [("hist_items", "item_id")]
+    with pytest.raises(ValueError, match="share no table"):
+        attention_pairs(tiny_dm.schema, ["user_id"])
+
+
+def test_positional_keys_hold_each_sequence_element(tiny_dm):
+    batch = next(iter(tiny_dm.test_dataloader()))
+    length = tiny_dm.schema.feature("hist_items").max_len
+    kjt, padded = with_positions(batch.sparse, {"hist_items": length})
+    ids = padded["hist_items"]
+    assert ids.shape == (len(batch), length)
+    rows = [
+        t.tolist()
+        for t in torch.split(
+            batch.sparse["hist_items"].values(), batch.sparse["hist_items"].lengths().tolist()
+        )
+    ]
+    for r, row in enumerate(rows[:20]):
+        assert ids[r, : len(row)].tolist() == row and (ids[r, len(row) :] == -1).all()
+    for j in (0, length - 1):
+        jt = kjt[position_key("hist_items", j)]
+        assert jt.lengths().tolist() == (ids[:, j] >= 0).int().tolist()
+        assert jt.values().tolist() == ids[:, j][ids[:, j] >= 0].tolist()
+
+
+def test_sequence_match_counts_by_hand():
+    cand = torch.tensor([3, 4, 5])
+    seq = torch.tensor([[3, 1, 3, -1], [-1, -1, -1, -1], [5, -1, -1, -1]])
+    got = SequenceMatch()(cand, seq)
+    want = torch.tensor([[math.log(3), 2 / 3], [0.0, 0.0], [math.log(2), 1.0]])
+    assert torch.allclose(got, want)
+
+
+def test_esmm_logit_is_logit_of_product():
+    a = torch.tensor([-30.0, -3.0, 0.0, 2.0, 25.0])
+    b = torch.tensor([-2.0, 30.0, 0.5, -25.0, 4.0])
+    joint = torch.sigmoid(logit_of_product(a, b))
+    assert torch.allclose(joint, torch.sigmoid(a) * torch.sigmoid(b), rtol=1e-5, atol=1e-12)
+    heads = TaskHeads(4, ["click", "purchase"], [], after={"purchase": "click"})
+    x = torch.randn(6, 4)
+    own = heads.own_logits(x)
+    out = torch.sigmoid(heads(x))
+    assert torch.allclose(out[:, 0], torch.sigmoid(own[:, 0]))
+    assert torch.allclose(out[:, 1], torch.sigmoid(own[:, 0]) * torch.sigmoid(own[:, 1]))
+    with pytest.raises(ValueError, match="must come before"):
+        TaskHeads(4, ["purchase", "click"], [], after={"purchase": "click"})
+
+
+def test_esmm_gradient_reaches_both_towers_from_joint_labels():
+    heads = TaskHeads(3, ["click", "purchase"], [], after={"purchase": "click"})
+    x = torch.randn(8, 3)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(heads(x)[:, 1], torch.ones(8))
+    loss.backward()
+    assert all(t.net[0].weight.grad.abs().sum() > 0 for t in heads.towers)
+    # -log(pCTR * pCVR) for a positive
+    own = heads.own_logits(x).detach()
+    want = -(torch.sigmoid(own[:, 0]) * torch.sigmoid(own[:, 1])).log().mean()
+    assert math.isclose(loss.item(), want.item(), rel_tol=1e-5)
+
+
+def test_default_config_is_multi_task_esmm(tiny_dataset):
+    cfg = compose_train(tiny_overrides(tiny_dataset))
+    model_cfg = OmegaConf.to_container(cfg.ranking.model, resolve=True)
+    assert model_cfg["tasks"] == ["click", "purchase"]
+    assert model_cfg["esmm"] == {"purchase": "click"}
+    assert model_cfg["sparse_optimizer"]["type"] == "rowwise_adagrad"

@@ -1,0 +1,144 @@
+"""The retrieval stage end to end on the tiny world: every option trains, every
+metric reaches metrics and MLflow, the random-exposure slice is the right rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from ranking.data.datamodule import RecDataModule
+from ranking.data.retrieval_stats import item_counts
+from ranking.pipeline import train_stage
+from ranking.tracking import Tracker
+from tests.conftest import compose_train, tiny_overrides
+
+KS = (10, 50, 100)
+TEST_KEYS = [f"{m}@{k}" for m in ("recall", "ndcg", "hit") for k in KS] + [
+    "tail_recall@100",
+    "coverage@100",
+    "discovery@100",
+    "oracle_recall@100",
+    "oracle_discovery@100",
+    "expected_recall@100",
+]
+
+
+def test_item_counts_match_the_files(tiny_dataset):
+    dm = RecDataModule(tiny_dataset, validate=False)
+    dm.setup()
+    counts = item_counts(dm.schema, "click", with_pairs=True)
+    table = pads.dataset(tiny_dataset / "train").to_table(columns=["user_id", "item_id", "click"])
+    items, clicks = table["item_id"].to_numpy(), table["click"].to_numpy()
+    n = dm.schema.feature("item_id").vocab_size
+    assert np.array_equal(counts.exposures, np.bincount(items, minlength=n))
+    assert np.array_equal(counts.positives, np.bincount(items[clicks == 1], minlength=n))
+    users = table["user_id"].to_numpy()
+    want = {(int(u), int(i)) for u, i, c in zip(users, items, clicks, strict=True) if c == 1}
+    assert {tuple(p) for p in counts.pairs.tolist()} == want
+
+
+def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
+    dm = RecDataModule(tiny_dataset, eval_batch_size=64, validate=False)
+    dm.setup()
+    got = [b for b in dm.slice_dataloader("test", "policy", 1)]
+    table = pads.dataset(tiny_dataset / "test").to_table(columns=["ts", "policy"])
+    want = np.sort(table["ts"].to_numpy()[table["policy"].to_numpy() == 1])
+    assert len(want) > 0
+    assert np.array_equal(np.sort(np.concatenate([b.time.numpy() for b in got])), want)
+
+
+@pytest.mark.parametrize(
+    ("options", "tracked"),
+    [
+        # corpus logQ, mixed negatives, exposure adjustment, attention, learned
+        # temperature, train items excluded; logged to MLflow
+        (
+            [
+                "retrieval.task.num_sampled=64",
+                "retrieval.task.exposure_adjustment=0.5",
+                "retrieval.model.sequence_pooling=attention",
+                "retrieval.task.learn_temperature=true",
+                "retrieval.eval.exclude_train=true",
+            ],
+            True,
+        ),
+        # streaming logQ, hard negatives and the impression loss (the loader then
+        # yields every positive and half of the other impressions)
+        (
+            [
+                "retrieval.task.logq_source=streaming",
+                "retrieval.task.hard_negatives=true",
+                "retrieval.task.impression_weight=0.5",
+                "retrieval.negative_share=0.5",
+                "retrieval.task.num_sampled=0",
+            ],
+            False,
+        ),
+    ],
+    ids=["corpus-mixed-attention-mlflow", "streaming-hard-impressions"],
+)
+def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, tracked):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose_train(
+        [
+            *tiny_overrides(tiny_dataset),
+            f"mlflow.tracking_uri={uri}",
+            f"mlflow.enabled={str(tracked).lower()}",
+            "stages=[retrieval]",
+            *options,
+        ]
+    )
+    if tracked:
+        mlflow.set_tracking_uri(uri)  # artifacts under tmp_path, not ./mlruns
+        mlflow.create_experiment("retrieval-test", artifact_location=(tmp_path / "a").as_uri())
+    tracker = Tracker(uri, "retrieval-test", enabled=tracked)
+    with tracker.parent(cfg, "tiny", run_name="t"):
+        module, metrics = train_stage("retrieval", cfg, tiny_dataset, tracker, tmp_path)
+    for stage in ("test", "test_random"):
+        for key in TEST_KEYS:
+            value = metrics[f"{stage}/{key}"]
+            assert 0.0 <= value <= 1.0, f"{stage}/{key} = {value}"
+        table = module.last_tables[stage]
+        assert table["decile"] == list(range(10))
+        assert sum(table["items"]) == 240  # the tiny corpus
+    if not tracked:
+        assert int(module.task.frequency.step) > 0  # the estimator saw the training steps
+        assert module.trainer.datamodule.train_filter == ("click", 1.0, 0.5)
+        return
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("retrieval-test")
+    child = next(
+        r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "retrieval"
+    )
+    for stage in ("test", "test_random"):
+        for key in TEST_KEYS:
+            assert f"{stage}/{key.replace('@', '_at_')}" in child.data.metrics
+    files = {a.path for a in client.list_artifacts(child.info.run_id, "retrieval")}
+    assert "retrieval/test_recall_by_decile.json" in files
+    assert "retrieval/test_random_recall_by_decile.csv" in files
+
+
+def test_negative_downsampling_keeps_every_click_and_a_fixed_share(tiny_dataset):
+    def rows(share):
+        dm = RecDataModule(
+            tiny_dataset, batch_size=128, validate=False, train_filter=("click", 1.0, share)
+        )
+        dm.setup()
+        got = [b for b in dm.train_dataloader()]
+        return np.concatenate([b.time.numpy() * 10_000 + b.item_ids.numpy() for b in got]), (
+            np.concatenate([b.labels["click"].numpy() for b in got])
+        )
+
+    table = pads.dataset(tiny_dataset / "train").to_table(columns=["click"])
+    clicks = int(table["click"].to_numpy().sum())
+    others = table.num_rows - clicks
+    keys, labels = rows(0.25)
+    assert int(labels.sum()) == clicks
+    assert abs((labels == 0).sum() - 0.25 * others) < 4 * np.sqrt(0.25 * others)
+    again, _ = rows(0.25)
+    assert np.array_equal(np.sort(keys), np.sort(again))  # the same sample every time
+    everything, _ = rows(1.0)
+    assert len(everything) == table.num_rows

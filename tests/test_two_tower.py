@@ -1,0 +1,114 @@
+"""Two-tower model: shared item table, attention pooling, plain-torch export parity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ranking.data.datamodule import RecDataModule
+from ranking.models.two_tower import TwoTower, position_key
+from ranking.modules.sequence_pooling import AttentionPooling
+from ranking.schema import Kind, Side
+from ranking.serving.convert import flat_inputs, user_tower_predictor
+from tests.test_bundle import BLOCKER
+
+
+@pytest.fixture(scope="module")
+def dm(tiny_dataset) -> RecDataModule:
+    dm = RecDataModule(tiny_dataset, batch_size=512, eval_batch_size=512, validate=False)
+    dm.setup()
+    return dm
+
+
+def _attention_model(schema, heads: int = 2) -> TwoTower:
+    torch.manual_seed(0)
+    model = TwoTower(
+        schema,
+        hidden=[16],
+        out_dim=8,
+        sequence_pooling="attention",
+        attention_heads=heads,
+        attention_hidden=8,
+    )
+    with torch.no_grad():  # random recency embeddings, so positions matter in the test
+        for pooler in model.poolers.values():
+            pooler.recency.weight.normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_item_id_table_is_shared_with_the_sequences(dm, pooling):
+    schema = dm.schema
+    model = TwoTower(schema, hidden=[8], out_dim=4, sequence_pooling=pooling)
+    tables = {c.name: c.feature_names for c in model.sparse.embedding_bag_configs()}
+    sequences = [f.name for f in schema.sparse(Side.USER) if f.table == schema.item_id]
+    assert sequences, "the synthetic schema has an item-id sequence"
+    assert list(tables).count(schema.item_id) == 1
+    for name in sequences:
+        if pooling == "mean":
+            assert name in tables[schema.item_id]
+        else:
+            assert position_key(name, 0) in tables[schema.item_id]
+            assert not any(name in feats for feats in tables.values())
+
+
+def test_attention_pooling_masks_padding_and_pools_empty_to_zero():
+    torch.manual_seed(1)
+    pool = AttentionPooling(dim=4, max_len=3, heads=2, hidden=5)
+    with torch.no_grad():
+        pool.recency.weight.normal_()
+    emb = torch.randn(2, 3, 4)
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    out = pool(emb, valid)
+    assert out.shape == (2, 8)
+    assert torch.equal(out[1], torch.zeros(8))
+    changed = emb.clone()
+    changed[0, 2] = 100.0  # a padded position cannot matter
+    assert torch.allclose(pool(changed, valid), out)
+    # one valid item: every head returns that item
+    single = pool(emb, torch.tensor([[True, False, False], [True, False, False]]))
+    assert torch.allclose(single[0], emb[0, 0].repeat(2))
+    # two items: a convex combination per head, not the mean (weights are learned)
+    heads = out[0].reshape(2, 4)
+    for h in heads:
+        w = torch.linalg.lstsq(emb[0, :2].T, h.unsqueeze(1)).solution.squeeze()
+        assert w.sum().item() == pytest.approx(1.0, abs=1e-5) and (w > 0).all()
+
+
+def test_attention_features_are_user_sequences_only(dm):
+    model = _attention_model(dm.schema)
+    want = {f.name for f in dm.schema.sparse(Side.USER) if f.kind == Kind.SEQUENCE}
+    assert set(model.attentive) == want
+
+
+def test_attention_user_tower_export_matches_without_torchrec(dm, tmp_path):
+    model = _attention_model(dm.schema)
+    pred = user_tower_predictor(dm.schema, model)
+    torch.jit.save(torch.jit.script(pred), str(tmp_path / "user_tower.pt"))
+    cases, want = {}, {}
+    for size in (1, 7, 512):
+        loader = RecDataModule(dm.path, batch_size=size, eval_batch_size=size, validate=False)
+        loader.setup()
+        batch = next(iter(loader.test_dataloader()))
+        assert len(batch) == size
+        with torch.no_grad():
+            want[size] = model.encode_users(batch)
+        cases[size] = flat_inputs(dm.schema, batch, (Side.USER,))
+    torch.save(cases, tmp_path / "cases.pt")
+    code = BLOCKER + (
+        "import torch\n"
+        f"m = torch.jit.load({str(tmp_path / 'user_tower.pt')!r})\n"
+        f"cases = torch.load({str(tmp_path / 'cases.pt')!r})\n"
+        f"torch.save({{k: m(v) for k, v in cases.items()}}, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    for size in (1, 7, 512):
+        diff = (got[size] - want[size]).abs().max().item()
+        assert diff < 1e-5, f"batch {size}: max abs diff {diff}"
+    # the sequences are not empty, so the attention path was exercised
+    assert (cases[512]["hist_items"] >= 0).any()
