@@ -24,7 +24,13 @@ def main(cfg: DictConfig) -> None:
         module = load_stage(stage, run_cfg, dm.schema, run_dir)
         trainer = make_trainer(run_cfg, 1, None, run_dir)
         trainer.test(module, datamodule=dm, verbose=False)
-        metrics.update({k: v for k, v in module.last_metrics.items() if k.startswith("test/")})
+        metrics.update(
+            {
+                k: v
+                for k, v in module.last_metrics.items()
+                if k.startswith(("test/", "test_random/"))
+            }
+        )
     write_metrics(run_dir / "eval_metrics.json", metrics)
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
