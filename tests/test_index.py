@@ -29,9 +29,7 @@ def test_flat_index_is_exact(vectors):
     assert 0 < lat["p50"] <= lat["p99"] and lat["threads"] == 1
 
 
-@pytest.mark.parametrize(
-    ("kind", "cls"), [("ivf", "IndexIVFFlat"), ("hnsw", "IndexHNSWFlat")]
-)
+@pytest.mark.parametrize(("kind", "cls"), [("ivf", "IndexIVFFlat"), ("hnsw", "IndexHNSWFlat")])
 def test_approximate_indexes_report_their_recall(vectors, kind, cls):
     emb, queries = vectors
     cfg = IndexConfig(type=kind, nlist=64, nprobe=1, hnsw_m=4, ef_search=10, ef_construction=20)

@@ -29,6 +29,8 @@ def test_ranking_metrics_match_sklearn_over_batches():
     out = m.compute()
     assert out["auc/click"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
     assert out["oracle_auc/click"] == pytest.approx(roc_auc_score(y, q), abs=1e-6)
+    ratio = (roc_auc_score(y, p) - 0.5) / (roc_auc_score(y, q) - 0.5)
+    assert out["auc_oracle_ratio/click"] == pytest.approx(ratio, abs=1e-6)
     assert out["logloss/click"] == pytest.approx(log_loss(y, p), abs=1e-5)
 
 

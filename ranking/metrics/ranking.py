@@ -23,7 +23,8 @@ pCTCVR against click-and-purchase labels):
   predicting the base rate.
 - ``calibration/t``: mean prediction / mean label (1 = calibrated on average).
 - ``oracle_auc/t``: AUC of the data's true probability (synthetic data only):
-  the best AUC any model can reach on these labels.
+  the best AUC any model can reach on these labels; ``auc_oracle_ratio/t`` =
+  (AUC - 0.5) / (oracle AUC - 0.5), the share of the attainable lift reached.
 
 Memory: AUC and GAUC are rank statistics and need every score, so the
 accumulator keeps, per evaluated row, the user id (int64, 8 bytes) and per task
@@ -195,5 +196,7 @@ class RankingMetrics:
             out[f"calibration/{t}"] = (self.prob_sum[t] / n) / rate if rate > 0 else float("nan")
             oracle = self.oracle[t].array()
             if len(oracle) == len(labels) and len(oracle):
-                out[f"oracle_auc/{t}"] = binary_auc(oracle, labels)
+                best = binary_auc(oracle, labels)
+                out[f"oracle_auc/{t}"] = best
+                out[f"auc_oracle_ratio/{t}"] = (out[f"auc/{t}"] - 0.5) / (best - 0.5)
         return out

@@ -137,8 +137,9 @@ class RetrievalTask(nn.Module):
         streaming_alpha: learning rate of the streaming estimator.
         num_sampled: M, corpus items drawn uniformly per batch as extra negatives.
         hard_negatives: use the batch's non-positive rows of the same user as
-            extra negatives (the train loader must then yield every impression,
-            not only positives).
+            extra negatives (the train loader then yields the non-positive
+            impressions too; rows are shuffled, so few share a batch with a
+            positive of the same user).
         exposure_adjustment: beta of the exposure adjustment (0 = off); needs
             :meth:`set_item_counts` with exposures.
         impression_weight: lambda of the impression loss (0 = off); the train
