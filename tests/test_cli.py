@@ -67,7 +67,11 @@ def test_mlflow_parent_and_child_runs(trained_run):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert set(children) == {"retrieval", "ranking"}
     assert parent.data.params["retrieval.model.out_dim"] == "64"
     assert parent.data.params["data.path"] == "ds"
@@ -99,7 +103,9 @@ def test_export_then_recommend(trained_run):
     res = cli("ranking-export", "run=runs/latest", "out=exported", cwd=work)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (work / "exported" / "manifest.json").exists()
-    rec = cli("ranking-recommend", "--bundle", "exported", "--users", "3", "4", "--top-n", "7", cwd=work)
+    rec = cli(
+        "ranking-recommend", "--bundle", "exported", "--users", "3", "4", "--top-n", "7", cwd=work
+    )
     assert rec.returncode == 0, rec.stderr[-3000:]
     lines = [json.loads(x) for x in rec.stdout.splitlines()]
     assert [x["user_id"] for x in lines] == [3, 4]

@@ -155,8 +155,11 @@ class Simulation:
         self._user_cdf = cdf
 
     def steps(self) -> Iterator[StepLog]:
+        """Every step of the log in time order. The ``history_days`` days before
+        day 0 are simulated first: their events only fill the users' histories
+        and they yield nothing."""
         cfg = self.world.config
-        for day in range(cfg.n_days):
+        for day in range(-cfg.history_days, cfg.n_days):
             rng = np.random.Generator(np.random.PCG64(day_seed(cfg.seed, day)))
             pol = day_policy(self.world, day)
             split = cfg.split_of_day(day)
@@ -166,7 +169,7 @@ class Simulation:
                     yield log
 
     def _step(
-        self, rng: np.random.Generator, pol: DayPolicy, day: int, step: int, split: str
+        self, rng: np.random.Generator, pol: DayPolicy, day: int, step: int, split: str | None
     ) -> StepLog | None:
         w = self.world
         cfg = w.config
@@ -203,6 +206,11 @@ class Simulation:
         p_click, p_buy = outcome_probabilities(w, row_user, item, position)
         click = rng.random(N) < p_click
         purchase = click & (rng.random(N) < p_buy)
+
+        if split is None:  # a history day: events only
+            self.clicks.append(row_user[click], item[click])
+            self.buys.append(row_user[purchase], w.item_product[item[purchase]])
+            return None
 
         # ---- sequence features as of the previous step --------------------------------
         c_len, c_vals = self.clicks.read(users)

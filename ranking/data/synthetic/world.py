@@ -125,9 +125,9 @@ def world_seed(seed: int) -> np.random.SeedSequence:
 
 
 def day_seed(seed: int, day: int) -> np.random.SeedSequence:
-    """Independent child seed per simulated day, so chunking and resuming never
-    shift the random stream."""
-    return np.random.SeedSequence(entropy=seed, spawn_key=(1, day))
+    """Independent child seed per simulated day (history days are negative), so
+    chunking and resuming never shift the random stream."""
+    return np.random.SeedSequence(entropy=seed, spawn_key=(1, day) if day >= 0 else (2, -day))
 
 
 @dataclass
@@ -478,16 +478,17 @@ def build_world(cfg: SyntheticConfig) -> World:
         + LIVE_BOOST * (content_type == LIVE_STREAM)  # live streams get pushed while live
     )
     item_pop = np.exp(log_pop)
-    # availability: most items exist before day 0; some are released during the log;
-    # live streams are exposable for live_window_days only.
+    # availability: most items exist before day 0 (from the first history day on);
+    # some are released during the log; live streams are exposable for
+    # live_window_days only.
     W = cfg.live_window_days
     is_new = rng.random(I) < cfg.new_item_share
-    release = np.where(is_new, rng.integers(1, max(cfg.n_days, 2), size=I), 0)
+    release = np.where(is_new, rng.integers(1, max(cfg.n_days, 2), size=I), -cfg.history_days)
     live_start = rng.integers(-(W - 1), cfg.n_days, size=I)
     is_live = content_type == LIVE_STREAM
     from_day = np.where(is_live, live_start, release).astype(np.int64)
     to_day = np.where(is_live, live_start + W, np.iinfo(np.int32).max).astype(np.int64)
-    from_day[:C] = 0
+    from_day[:C] = -cfg.history_days
     to_day[:C] = np.iinfo(np.int32).max
 
     ct_device = rng.normal(0.0, 0.25, size=(len(DEVICES), len(CONTENT_TYPES)))
