@@ -30,6 +30,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+from machine import cpu_model  # noqa: E402  (scripts/bench/machine.py)
 
 from ranking.data.synthetic import SyntheticConfig, benchmark_config, generate  # noqa: E402
 from ranking.data.synthetic.generate import STATS_JSON  # noqa: E402
@@ -41,16 +42,6 @@ def _parse_overrides(items: list[str]) -> dict[str, int | float]:
         key, _, value = item.partition("=")
         out[key] = float(value) if any(ch in value for ch in ".eE") else int(value)
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -86,7 +77,7 @@ def main() -> None:
     )
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, pyarrow {pa.__version__}, "
-        f"cpu: {_cpu_model()} ({os.cpu_count()} visible)"
+        f"cpu: {cpu_model()} ({os.cpu_count()} visible)"
     )
     print(f"preset: {args.preset}, overrides: {overrides or 'none'}")
 

@@ -34,20 +34,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from machine import cpu_model  # scripts/bench/machine.py (this script's folder)
 
 from ranking.serving.bundle import Bundle
 
 Fn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def eager_modules(run: Path, bundle: Bundle) -> dict[str, torch.nn.Module]:
