@@ -73,7 +73,13 @@ def _build(node: DictConfig, schema: Schema) -> torch.nn.Module:
 def build_retrieval(cfg: DictConfig, schema: Schema) -> RetrievalModule:
     model = _build(cfg.retrieval.model, schema)
     num_items = schema.feature(schema.item_id).vocab_size
-    task = instantiate(cfg.retrieval.task, num_items=num_items, _convert_="all")
+    task = instantiate(
+        cfg.retrieval.task,
+        num_items=num_items,
+        embedding_dim=model.out_dim,
+        impression_share=float(cfg.retrieval.get("negative_share", 1.0)),
+        _convert_="all",
+    )
     optimizer = instantiate(cfg.retrieval.optimizer)
     num_users = schema.feature(schema.user_id).vocab_size
     evaluation = OmegaConf.to_container(cfg.retrieval.get("eval", {}), resolve=True)
@@ -101,7 +107,11 @@ def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
     """Retrieval trains on positive rows only (its task's label; every row when its
     loss reads the other impressions too); ranking on all."""
     task = cfg.retrieval.task
-    all_rows = task.get("hard_negatives", False) or task.get("impression_weight", 0) > 0
+    all_rows = (
+        task.get("hard_negatives", False)
+        or task.get("impression_weight", 0) > 0
+        or task.get("exposure_weight", 0) > 0
+    )
     share = float(cfg.retrieval.get("negative_share", 1.0))  # of the other impressions
     rows = task.positive_label
     if all_rows:

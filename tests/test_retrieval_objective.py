@@ -48,6 +48,14 @@ def test_in_batch_softmax_without_correction_masks_accidental_hits():
     assert loss.item() == pytest.approx(want, rel=1e-6)
 
 
+def test_softmax_weight_scales_the_softmax_loss():
+    full = _task(logq=False).loss(USER, ITEM, ITEM_IDS).item()
+    quarter = _task(logq=False, softmax_weight=0.25).loss(USER, ITEM, ITEM_IDS).item()
+    assert quarter == pytest.approx(0.25 * full, rel=1e-6)
+    pointwise = _task(logq=False, softmax_weight=0.0, impression_weight=1.0)
+    assert pointwise.loss(USER, ITEM, ITEM_IDS).item() == 0.0
+
+
 def test_no_masking_keeps_duplicates_as_negatives():
     loss = _task(logq=False, mask_accidental_hits=False).loss(USER, ITEM, ITEM_IDS)
     want = (_ce([1.0, 0.0, 0.5], 0) + _ce([0.0, 1.0, 0.5], 1) + _ce([1.0, 1.0, 1.0], 2)) / 3
@@ -165,6 +173,8 @@ def test_bad_settings_are_refused():
         RetrievalTask(logq_source="hash")
     with pytest.raises(ValueError, match="num_sampled"):
         RetrievalTask(num_sampled=-1)
+    with pytest.raises(ValueError, match="not both 0"):
+        RetrievalTask(softmax_weight=0.0)
 
 
 def test_impression_loss_is_weighted_bce_of_the_scaled_dot_product():
@@ -180,3 +190,70 @@ def test_impression_loss_is_weighted_bce_of_the_scaled_dot_product():
     assert task.needs_all_rows
     assert _task(logq=False).impression_loss(USER, item, labels).item() == 0.0
     assert not _task(logq=False).needs_all_rows
+
+
+def _exposure_task(logq: bool) -> RetrievalTask:
+    task = RetrievalTask(
+        temperature=1.0,
+        logq=logq,
+        num_items=NUM_ITEMS,
+        exposure_weight=2.0,
+        embedding_dim=2,
+        impression_share=0.5,
+    )
+    positives = torch.zeros(NUM_ITEMS, dtype=torch.int64)
+    exposures = torch.zeros(NUM_ITEMS, dtype=torch.int64)
+    positives[10], positives[11], positives[12] = 6, 3, 1
+    exposures[10], exposures[11], exposures[12] = 10, 5, 3
+    task.set_item_counts(positives, exposures)
+    with torch.no_grad():
+        task.exposure_matrix.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        task.exposure_bias[10], task.exposure_bias[11] = 0.5, -0.5
+    return task
+
+
+def test_exposure_loss_by_hand():
+    task = _exposure_task(logq=True)
+    # loader rows per item: positives + 0.5 x the rest: 8 (item 10), 4 (11), 2 (12), and
+    # the 17 others count 1 each: 31 in all; three rows: log(3 x 8/31), log(3 x 4/31)
+    c10, c11 = math.log(24 / 31), math.log(12 / 31)
+    # e = u M v + b:  row 0 [1.5, -.5, 1], row 1 [.5, 1.5, 1.5], row 2 [1.5, 1.5, 2]
+    ce = [
+        _ce([1.5 - c10, -0.5 - c11, None], 0),  # column 2 is item 10 again
+        _ce([0.5 - c10, 1.5 - c11, 1.5 - c10], 1),
+        _ce([None, 1.5 - c11, 2.0 - c10], 2),
+    ]
+    positive = torch.tensor([True, False, True])  # row 1 was not clicked: weight 1 / 0.5
+    want = 2.0 * (ce[0] + 2 * ce[1] + ce[2]) / 4
+    user = USER.clone().requires_grad_()
+    got = task.exposure_loss(user, ITEM, ITEM_IDS, positive)
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    got.backward()  # a probe over the click embeddings: it trains M and b, not the towers
+    assert user.grad is None
+    assert task.exposure_matrix.grad.abs().sum() > 0 and task.exposure_bias.grad[10] != 0
+    assert task.needs_all_rows
+    assert _task(logq=False).exposure_loss(USER, ITEM, ITEM_IDS, positive).item() == 0.0
+    # without logQ the same logits, uncorrected
+    plain = [_ce([1.5, -0.5, None], 0), _ce([0.5, 1.5, 1.5], 1), _ce([None, 1.5, 2.0], 2)]
+    got = _exposure_task(logq=False).exposure_loss(USER, ITEM, ITEM_IDS, positive)
+    assert got.item() == pytest.approx(2.0 * (plain[0] + 2 * plain[1] + plain[2]) / 4, rel=1e-6)
+
+
+def test_click_softmax_adds_the_exposure_score_without_training_it():
+    task = _exposure_task(logq=False)
+    user = USER.clone().requires_grad_()
+    loss = task.loss(user, ITEM, ITEM_IDS)
+    # u . v + e(u, j), accidental hits masked as in the plain softmax
+    want = (
+        _ce([1.0 + 1.5, 0.0 - 0.5, None], 0)
+        + _ce([0.0 + 0.5, 1.0 + 1.5, 0.5 + 1.5], 1)
+        + _ce([None, 1.0 + 1.5, 1.0 + 2.0], 2)
+    ) / 3
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    loss.backward()
+    assert user.grad is not None and user.grad.abs().sum() > 0
+    assert task.exposure_matrix.grad is None and task.exposure_bias.grad is None
+    with pytest.raises(ValueError, match="embedding_dim"):
+        RetrievalTask(exposure_weight=1.0)
+    with pytest.raises(ValueError, match="exposure_adjustment=0"):
+        RetrievalTask(exposure_weight=1.0, embedding_dim=2, exposure_adjustment=0.75)

@@ -63,20 +63,24 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
             ],
             True,
         ),
-        # streaming logQ, hard negatives and the impression loss (the loader then
-        # yields every positive and half of the other impressions)
+        # streaming logQ, hard negatives, the impression loss and the exposure-aware
+        # softmax (the loader then yields every positive and half of the other
+        # impressions), id dropout
         (
             [
                 "retrieval.task.logq_source=streaming",
                 "retrieval.task.hard_negatives=true",
                 "retrieval.task.impression_weight=0.5",
+                "retrieval.task.exposure_weight=1.0",
+                "retrieval.task.exposure_adjustment=0",
+                "retrieval.model.id_dropout=0.5",
                 "retrieval.negative_share=0.5",
                 "retrieval.task.num_sampled=0",
             ],
             False,
         ),
     ],
-    ids=["corpus-mixed-attention-mlflow", "streaming-hard-impressions"],
+    ids=["corpus-mixed-attention-mlflow", "streaming-hard-impressions-exposure"],
 )
 def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, tracked):
     import mlflow
@@ -107,6 +111,9 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
     if not tracked:
         assert int(module.task.frequency.step) > 0  # the estimator saw the training steps
         assert module.trainer.datamodule.train_filter == ("click", 1.0, 0.5)
+        task = module.task
+        assert task.impression_share == 0.5 and task.exposure_matrix.abs().sum() > 0
+        assert task.row_prob.sum().item() == pytest.approx(1.0)
         return
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("retrieval-test")

@@ -112,3 +112,26 @@ def test_attention_user_tower_export_matches_without_torchrec(dm, tmp_path):
         assert diff < 1e-5, f"batch {size}: max abs diff {diff}"
     # the sequences are not empty, so the attention path was exercised
     assert (cases[512]["hist_items"] >= 0).any()
+
+
+def test_id_dropout_zeroes_whole_id_rows_in_training_only(dm):
+    schema = dm.schema
+    torch.manual_seed(0)
+    model = TwoTower(schema, hidden=[8], out_dim=4, id_dropout=0.5)
+    assert model.id_features == [schema.user_id, schema.item_id]
+    batch = next(iter(dm.train_dataloader()))
+    model.eval()
+    full = model.pooled(batch)
+    model.train()
+    dropped = model.pooled(batch)
+    for name, emb in full.items():
+        if name not in model.id_features:
+            assert torch.equal(dropped[name], emb), name  # histories etc. untouched
+            continue
+        zero = (dropped[name] == 0).all(dim=1)
+        # a kept row is the id's embedding exactly (no rescaling), a dropped one all zeros
+        assert torch.equal(dropped[name][~zero], emb[~zero])
+        share = zero.float().mean().item()
+        assert 0.4 < share < 0.6, f"{name}: {share:.2f} of {len(batch)} rows dropped"
+    with pytest.raises(ValueError, match="id_dropout"):
+        TwoTower(schema, hidden=[8], out_dim=4, id_dropout=1.0)

@@ -139,6 +139,9 @@ class RetrievalModule(pl.LightningModule):
             ].unsqueeze(0)
         n = int(keep.sum())
         loss = self.task.impression_loss(user, item, batch.labels)
+        loss = loss + self.task.exposure_loss(
+            user, item, batch.item_ids, keep, negatives.get("sampled"), negatives.get("sampled_ids")
+        )
         if n:  # (a batch of every impression may hold no positive)
             loss = loss + self.task.loss(user[keep], item[keep], ids, **negatives)
         else:

@@ -46,6 +46,14 @@ class TwoTower(nn.Module):
         attention_heads: heads of the attention pooling (its output is heads x D_table).
         attention_hidden: width of the attention scoring layer.
         dropout: dropout after each hidden layer of both towers.
+        id_dropout: in training, the share of rows whose user-id and item-id
+            embeddings (the schema's id features) are zeroed, the whole vector
+            at once and without rescaling (as in DropoutNet, Volkovs et al.,
+            NeurIPS 2017). An id row of a user or item with few interactions
+            is mostly noise; with its id missing, the tower must score the row
+            from its other features (histories, category, product, creator),
+            which generalise across ids. At evaluation and in serving every id
+            embedding is present, as in the other share of training rows.
 
     Example:
         >>> model = TwoTower(schema, hidden=[64], out_dim=32)   # doctest: +SKIP
@@ -64,8 +72,11 @@ class TwoTower(nn.Module):
         attention_heads: int = 1,
         attention_hidden: int = 32,
         dropout: float = 0.0,
+        id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"id_dropout must lie in [0, 1), got {id_dropout}")
         if sequence_pooling not in POOLINGS:
             raise ValueError(
                 f"sequence_pooling must be one of {POOLINGS}, got {sequence_pooling!r}"
@@ -108,18 +119,33 @@ class TwoTower(nn.Module):
             dropout,
         )
         self.out_dim = out_dim
+        self.id_dropout = float(id_dropout)
+        names = {f.name for f in user + item}
+        #: the schema's id features (user id, item id) that ``id_dropout`` masks
+        self.id_features = [n for n in (schema.user_id, schema.item_id) if n in names]
 
     def pooled(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Per feature [B, d_feature]: pooled embeddings (attention-pooled sequences included)."""
         if not self.attentive:
-            return self.sparse(batch.sparse).to_dict()
+            return self._drop_ids(self.sparse(batch.sparse).to_dict())
         kjt, lengths = _spread_positions(batch.sparse, self.attentive)
         out = self.sparse(kjt).to_dict()
         for name, length in self.attentive.items():
             emb = torch.stack([out.pop(position_key(name, p)) for p in range(length)], dim=1)
             valid = torch.arange(length, device=emb.device) < lengths[name].unsqueeze(1)
             out[name] = self.poolers[name](emb, valid)
-        return out
+        return self._drop_ids(out)
+
+    def _drop_ids(self, pooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training only: zero each id feature's [B, d] embedding in a random
+        ``id_dropout`` share of the rows (independently per feature)."""
+        if not (self.training and self.id_dropout):
+            return pooled
+        for name in self.id_features:
+            emb = pooled[name]
+            keep = torch.rand(emb.shape[0], 1, device=emb.device) >= self.id_dropout
+            pooled[name] = emb * keep.to(emb.dtype)
+        return pooled
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
         """[B, D] user embeddings (item-side keys of the batch may be empty)."""

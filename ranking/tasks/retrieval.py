@@ -59,6 +59,33 @@ towards the click probability given exposure, the quantity a random (unbiased)
 exposure measures. The train loader then yields every positive and a share
 of the other impressions (``retrieval.negative_share``; downsampling shifts
 the learned logit by a constant, which no ranking sees).
+``softmax_weight`` scales the softmax term; 0 leaves the impression loss
+alone (a pointwise click model: unbiased by the logging policy's targeting,
+but it learns little personalisation, see ``docs/benchmarks.md``).
+
+**Exposure-aware softmax** (optional, ``exposure_weight`` = mu > 0). The
+positives of a log are drawn from P(i | u, click) ~ pi(i | u) x P(click | u, i):
+the logging policy's exposure pi targets each user's expressed interests and
+popular items, and a softmax over positives learns that targeting back, which
+a global prior (the exposure adjustment) cannot remove: it is per user. This
+mode factorises it out. An exposure score
+
+    e(u, j) = u^T M v_j + b_j       (M [D, D] and b [N]: the task's parameters)
+
+is trained by a second sampled softmax in which every impression of the batch
+is a positive ("j was shown to u"; in-batch and uniform candidates, logQ by
+each item's share of the loader's rows, non-clicked rows weighted by
+1 / ``impression_share`` to undo the loader's downsampling), so it estimates
+log pi(j | u). It is a probe over the click embeddings u and v: its loss
+trains M and b only (letting it train the towers too pulled the embeddings
+towards the exposure structure and cost half the logged-slice recall on the
+benchmark world, docs/benchmarks.md). The click softmax then uses ``s(u, j) + e(u, j)`` as the logit
+of candidate j, with e held fixed (no gradient): the product pi x P(click)
+is explained by both, and the served score s = u . v / temperature is left
+with log P(click | u, j), the quantity a random (unbiased) exposure rewards.
+The exposure score is a training device only; nothing of it is exported.
+Use it without the exposure adjustment (beta = 0): e removes the popularity
+that beta would.
 
 **Accidental hits**: a candidate that is the row's own positive item (the same
 item clicked in another row, drawn from the corpus, or shown to the user
@@ -144,6 +171,13 @@ class RetrievalTask(nn.Module):
             :meth:`set_item_counts` with exposures.
         impression_weight: lambda of the impression loss (0 = off); the train
             loader must yield every impression.
+        softmax_weight: weight of the softmax loss (1 = as above; 0 leaves the
+            impression loss alone, a pointwise click model).
+        exposure_weight: mu of the exposure-aware softmax (0 = off); needs
+            ``embedding_dim`` and every impression from the train loader.
+        embedding_dim: D of the towers (the exposure score's M is [D, D]).
+        impression_share: share of the non-positive impressions the train loader
+            keeps (``retrieval.negative_share``); the exposure loss weights them back.
         num_items: size of the item-id vocabulary (corpus counts / streaming state).
 
     Example:
@@ -171,6 +205,10 @@ class RetrievalTask(nn.Module):
         hard_negatives: bool = False,
         exposure_adjustment: float = 0.0,
         impression_weight: float = 0.0,
+        softmax_weight: float = 1.0,
+        exposure_weight: float = 0.0,
+        embedding_dim: int = 0,
+        impression_share: float = 1.0,
         num_items: int = 1,
     ) -> None:
         super().__init__()
@@ -180,6 +218,23 @@ class RetrievalTask(nn.Module):
             raise ValueError("temperatures must be positive")
         if num_sampled < 0:
             raise ValueError(f"num_sampled must be >= 0, got {num_sampled}")
+        if softmax_weight < 0 or impression_weight < 0 or not (softmax_weight or impression_weight):
+            raise ValueError(
+                "softmax_weight and impression_weight must be >= 0 and not both 0, got "
+                f"{softmax_weight} and {impression_weight}"
+            )
+        if exposure_weight < 0 or (exposure_weight and embedding_dim <= 0):
+            raise ValueError(
+                f"exposure_weight must be >= 0 and needs embedding_dim > 0, got "
+                f"{exposure_weight} and {embedding_dim}"
+            )
+        if exposure_weight and exposure_adjustment:
+            raise ValueError(
+                "exposure_weight replaces the exposure adjustment (both would remove the "
+                "exposure twice): set exposure_adjustment=0"
+            )
+        if not 0 < impression_share <= 1:
+            raise ValueError(f"impression_share must lie in (0, 1], got {impression_share}")
         self.positive_label = positive_label
         self.mask_accidental_hits = mask_accidental_hits
         self.logq = logq
@@ -188,6 +243,16 @@ class RetrievalTask(nn.Module):
         self.hard_negatives = hard_negatives
         self.exposure_adjustment = float(exposure_adjustment)
         self.impression_weight = float(impression_weight)
+        self.softmax_weight = float(softmax_weight)
+        self.exposure_weight = float(exposure_weight)
+        self.impression_share = float(impression_share)
+        if exposure_weight:
+            # e(u, j) = u^T M v_j + b_j; zero at the start (the click softmax then
+            # begins as the plain one)
+            self.exposure_matrix = nn.Parameter(torch.zeros(embedding_dim, embedding_dim))
+            self.exposure_bias = nn.Parameter(torch.zeros(num_items))
+        else:
+            self.exposure_matrix = self.exposure_bias = None
         # offset of the impression loss's logit (base click rate)
         self.impression_bias = nn.Parameter(torch.tensor(-2.0)) if impression_weight else None
         self.max_inverse_temperature = 1.0 / min_temperature
@@ -202,6 +267,11 @@ class RetrievalTask(nn.Module):
         self.register_buffer("item_prob", torch.zeros(num_items, dtype=torch.float64))
         # log x_j of the exposure adjustment: log of item j's share of train exposures
         self.register_buffer("log_exposure", torch.zeros(num_items, dtype=torch.float32))
+        # q_j of the exposure softmax's logQ: item j's share of the loader's rows
+        # (exposure mode only, so checkpoints of the plain softmax keep their keys)
+        self.register_buffer(
+            "row_prob", torch.zeros(num_items, dtype=torch.float64) if exposure_weight else None
+        )
         self.frequency = (
             StreamingFrequency(num_items, streaming_alpha)
             if logq and logq_source == "streaming"
@@ -229,6 +299,11 @@ class RetrievalTask(nn.Module):
         if exposures is not None:
             x = exposures.to(torch.float64).clamp(min=0.5)
             self.log_exposure.copy_(torch.log(x / x.sum()).float())
+            if self.row_prob is not None:
+                pos = positives.to(torch.float64)
+                rows = pos + self.impression_share * (exposures.to(torch.float64) - pos)
+                rows = rows.clamp(min=1.0)
+                self.row_prob.copy_(rows / rows.sum())
 
     def inverse_temperature(self) -> torch.Tensor:
         return self.log_inverse_temperature.exp().clamp(1.0, self.max_inverse_temperature)
@@ -237,7 +312,7 @@ class RetrievalTask(nn.Module):
     def needs_all_rows(self) -> bool:
         """True when the loss reads non-positive impressions (the train loader must
         then yield every row, not only positives)."""
-        return self.hard_negatives or self.impression_weight > 0
+        return self.hard_negatives or self.impression_weight > 0 or self.exposure_weight > 0
 
     def impression_loss(
         self, user: torch.Tensor, item: torch.Tensor, labels: dict[str, torch.Tensor]
@@ -267,6 +342,54 @@ class RetrievalTask(nn.Module):
         uniform = sampled / max(self.corpus_size, 1)
         return torch.log((in_batch + uniform).clamp(min=1e-30)).to(torch.float32)
 
+    # ---- exposure-aware softmax --------------------------------------------------------
+    def exposure_score(
+        self, user: torch.Tensor, items: torch.Tensor, item_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, K] e(u, j) = u^T M v_j + b_j of users [B, D] and candidates [K, D]."""
+        if self.exposure_matrix is None or self.exposure_bias is None:
+            raise RuntimeError("exposure_score needs exposure_weight > 0")
+        return (user @ self.exposure_matrix) @ items.T + self.exposure_bias[item_ids].unsqueeze(0)
+
+    def exposure_loss(
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        item_ids: torch.Tensor,
+        positive: torch.Tensor,
+        sampled: torch.Tensor | None = None,
+        sampled_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mu x the weighted softmax cross-entropy of each impression's own item
+        among the batch's items and the uniform draws, with logits e(u, j) minus
+        log(R q_j + M / N) when ``logq`` (0 when the mode is off).
+
+        Shapes: user [R, D], item [R, D], item_ids [R], positive bool [R] (the
+        clicked rows, weight 1; the others weigh 1 / impression_share);
+        sampled [M, D], sampled_ids [M] -> scalar."""
+        if not self.exposure_weight:
+            return user.new_zeros(())
+        r = user.shape[0]
+        candidates, ids = [item], [item_ids]
+        if sampled is not None and sampled_ids is not None and sampled.shape[0]:
+            candidates.append(sampled)
+            ids.append(sampled_ids)
+        cand_ids = torch.cat(ids)
+        # a probe over the click embeddings: it trains M and b, not the towers
+        cands = torch.cat(candidates).detach()
+        logits = self.exposure_score(user.detach(), cands, cand_ids)
+        if self.logq and self.row_prob is not None:
+            m = cand_ids.shape[0] - r
+            expected = r * self.row_prob[cand_ids] + m / max(self.corpus_size, 1)
+            logits = logits - torch.log(expected.clamp(min=1e-30)).to(logits.dtype).unsqueeze(0)
+        masked = cand_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+        own = torch.arange(r, device=user.device)
+        masked[own, own] = False
+        logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
+        ce = nn.functional.cross_entropy(logits, own, reduction="none")
+        weight = torch.where(positive, 1.0, 1.0 / self.impression_share).to(ce.dtype)
+        return self.exposure_weight * (weight * ce).sum() / weight.sum()
+
     # ---- loss -------------------------------------------------------------------------
     def logits(
         self,
@@ -293,13 +416,22 @@ class RetrievalTask(nn.Module):
             logits = logits - self.log_expected_count(cand_ids, b, m).unsqueeze(0)
         if self.exposure_adjustment:
             logits = logits + self.exposure_adjustment * self.log_exposure[cand_ids].unsqueeze(0)
+        if self.exposure_weight:  # the exposure prior, held fixed (see the module docstring)
+            with torch.no_grad():
+                prior = self.exposure_score(user, torch.cat(candidates), cand_ids)
+            logits = logits + prior
         masked = torch.zeros_like(logits, dtype=torch.bool)
         if self.mask_accidental_hits:
             masked = cand_ids.unsqueeze(0) == item_ids.unsqueeze(1)
             own = torch.arange(b, device=user.device)
             masked[own, own] = False
         if hard is not None and hard_ids is not None and hard_mask is not None and hard.shape[0]:
-            logits = torch.cat([logits, user @ hard.T * scale], dim=1)
+            hard_logits = user @ hard.T * scale
+            if self.exposure_weight:
+                with torch.no_grad():
+                    hard_prior = self.exposure_score(user, hard, hard_ids)
+                hard_logits = hard_logits + hard_prior
+            logits = torch.cat([logits, hard_logits], dim=1)
             hard_out = ~hard_mask
             if self.mask_accidental_hits:
                 hard_out = hard_out | (hard_ids.unsqueeze(0) == item_ids.unsqueeze(1))
@@ -317,7 +449,8 @@ class RetrievalTask(nn.Module):
         hard_ids: torch.Tensor | None = None,
         hard_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean softmax cross-entropy of each row's positive (see :meth:`logits`)."""
+        """softmax_weight x the mean softmax cross-entropy of each row's positive
+        (see :meth:`logits`)."""
         logits = self.logits(user, item, item_ids, sampled, sampled_ids, hard, hard_ids, hard_mask)
         target = torch.arange(user.shape[0], device=user.device)
-        return nn.functional.cross_entropy(logits, target)
+        return self.softmax_weight * nn.functional.cross_entropy(logits, target)

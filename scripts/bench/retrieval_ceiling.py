@@ -1,0 +1,169 @@
+"""How much of the oracle's random-exposure recall a retrieval model can hope for.
+
+``test_random/recall@100`` counts the clicks of the random-exposure slice of the
+synthetic test split found in each user's top 100 over the whole corpus; the
+oracle ranks the corpus by the true P(click) (``ranking/data/synthetic/world.py``).
+This script ranks the corpus with the oracle's click logit minus some terms,
+i.e. the recall of a model that knew everything *except* them, exactly, and
+with the item terms a model can only learn from the item's own impressions
+(latent quality and appeal) *estimated* from the train split (a Gaussian-prior
+logistic MAP per item, every other term given). It also ranks by what an
+in-batch softmax over logged clicks converges to with unlimited data,
+``log P(click | u, i) + log pi(i | u) - beta log x_i`` (pi: the logging
+mixture's exposure probability, x: the mean exposure share, beta: the exposure
+adjustment). If the target lies above such a ceiling, no model reaches it.
+
+Usage::
+
+    .venv/bin/python scripts/bench/retrieval_ceiling.py --data data/synthetic_benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from ranking.data.synthetic import world as W
+
+K = 100
+USERS_PER_CHUNK = 256
+
+
+def _random_slice_positives(data: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Users of the test split's random-exposure clicks and each one's distinct items."""
+    t = pads.dataset(data / "test").to_table(columns=["user_id", "item_id", "click", "policy"])
+    keep = (t["policy"].to_numpy() == 1) & (t["click"].to_numpy() > 0)
+    pairs = np.unique(
+        np.stack([t["user_id"].to_numpy()[keep], t["item_id"].to_numpy()[keep]], axis=1), axis=0
+    )
+    users, starts = np.unique(pairs[:, 0], return_index=True)
+    return users, np.split(pairs[:, 1], starts[1:])
+
+
+def _affinity(world: W.World, users: np.ndarray, expressed_only: bool) -> np.ndarray:
+    """[U, I] interest affinity of every user for every item (latent slots dropped
+    with ``expressed_only``)."""
+    cfg, d = world.config, world.derived
+    cats = world.user_interest_cat[users]
+    s = world.user_interest_strength[users] * cfg.interest_scale
+    if expressed_only:
+        s = s * world.user_interest_expressed[users]
+    l2 = d["item_l2"][None, None, :]
+    exact = cats[:, :, None] == l2
+    sib = (d["user_interest_l1"][users][:, :, None] == l2 // cfg.n_cat_l2_per_l1) & ~exact
+    return (s[:, :, None] * (exact + W.SIBLING * sib)).sum(axis=1)
+
+
+def _estimated_item_terms(world: W.World, data: Path, iters: int = 30) -> np.ndarray:
+    """[I] MAP estimate of each item's latent click term (quality and appeal) from
+    the train impressions, every other term of the click logit given, with the
+    true terms' mean and variance as a Gaussian prior."""
+    d = world.derived
+    t = pads.dataset(data / "train").to_table(columns=["user_id", "item_id", "position", "click"])
+    u, i = t["user_id"].to_numpy(), t["item_id"].to_numpy()
+    y = t["click"].to_numpy().astype(np.float64)
+    truth = W.Q_CLICK * d["item_quality"] + W.APPEAL * world.item_appeal
+    p, _ = W.outcome_probabilities(world, u, i, t["position"].to_numpy())
+    offset = np.log(p / (1 - p)) - truth[i]
+    mu, var = truth.mean(), truth.var()
+    q = np.full(world.n_items, mu)
+    for _ in range(iters):  # Newton steps, one coordinate per item
+        p = 1.0 / (1.0 + np.exp(-(offset + q[i])))
+        grad = np.bincount(i, weights=y - p, minlength=world.n_items) - (q - mu) / var
+        hess = np.bincount(i, weights=p * (1 - p), minlength=world.n_items) + 1.0 / var
+        q = q + grad / hess
+    return q
+
+
+def _exposure(world: W.World, users: np.ndarray, day: int, policy: W.DayPolicy) -> np.ndarray:
+    """[U, I] exposure probability of one slot under the day's policy mixture."""
+    cfg, n = world.config, world.n_items
+    logged = W.logging_propensity(
+        world, np.repeat(users, n), np.tile(np.arange(n), len(users)), day, policy
+    ).reshape(len(users), n)
+    uniform = world.available(day) / world.n_available(day)
+    share = cfg.random_exposure_share
+    return (1 - share) * logged + share * uniform[None, :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("data/synthetic"))
+    args = parser.parse_args(argv)
+    world = W.load_world(args.data)
+    cfg, d = world.config, world.derived
+    users, positives = _random_slice_positives(args.data)
+    n_items = world.n_items
+    true_item = W.Q_CLICK * d["item_quality"] + W.APPEAL * world.item_appeal
+    estimated_item = _estimated_item_terms(world, args.data)
+    day = cfg.train_days - 1  # the policy of the last train day
+    policy = W.day_policy(world, day)
+    rng = np.random.default_rng(0)
+    sample = rng.choice(world.n_users, min(2000, world.n_users), replace=False)
+    x = sum(
+        _exposure(world, sample[lo : lo + USERS_PER_CHUNK], day, policy).sum(axis=0)
+        for lo in range(0, len(sample), USERS_PER_CHUNK)
+    )
+    log_x = np.log(np.maximum(x / x.sum(), 1e-12))
+
+    def logit(us: np.ndarray, item: np.ndarray, aff: bool, latent: bool, taste: bool) -> np.ndarray:
+        s = np.broadcast_to(item + W.FOLLOW * d["item_followers_z"], (len(us), n_items)).copy()
+        s += world.ct_device[world.user_device[us]][:, world.item_content_type]
+        s -= W.PRICE_CLICK * world.user_price_sens[us][:, None] * d["item_price_dev_l1"][None, :]
+        if aff:
+            s += _affinity(world, us, expressed_only=not latent)
+        if taste:
+            s += cfg.taste_scale * world.user_taste[us] @ world.item_taste.T
+        return s
+
+    def softmax_limit(beta: float) -> Callable[[np.ndarray], np.ndarray]:
+        def score(us: np.ndarray) -> np.ndarray:
+            p, _ = W.oracle_probabilities(world, us[:, None], np.arange(n_items)[None, :], 0)
+            exposure = np.maximum(_exposure(world, us, day, policy), 1e-30)
+            return np.log(p) + np.log(exposure) - beta * log_x[None, :]
+
+        return score
+
+    rankers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "(nothing): the oracle": lambda us: logit(us, true_item, True, True, True),
+        "latent interests": lambda us: logit(us, true_item, True, False, True),
+        "latent interests, taste": lambda us: logit(us, true_item, True, False, False),
+        "latent interests; item quality estimated from train": lambda us: logit(
+            us, estimated_item, True, False, True
+        ),
+        "item quality and appeal": lambda us: logit(us, np.zeros(n_items), True, True, True),
+        "every interest and taste (non-personal)": lambda us: logit(
+            us, true_item, False, False, False
+        ),
+        "softmax limit, beta 0": softmax_limit(0.0),
+        "softmax limit, beta 0.75": softmax_limit(0.75),
+        "softmax limit, beta 1": softmax_limit(1.0),
+    }
+    print(
+        f"{args.data}: {len(users)} users, {sum(map(len, positives))} random-exposure "
+        f"test clicks, {n_items} items"
+    )
+    print("| model knows everything except | recall@100 | ratio | expected recall@100 | ratio |")
+    print("|---|---|---|---|---|")
+    oracle = None
+    for name, rank in rankers.items():
+        recall, mass = [], []
+        for lo in range(0, len(users), USERS_PER_CHUNK):
+            us = users[lo : lo + USERS_PER_CHUNK]
+            top = np.argpartition(-rank(us), K - 1, axis=1)[:, :K]
+            p, _ = W.oracle_probabilities(world, us[:, None], np.arange(n_items)[None, :], 0)
+            mass.append(np.take_along_axis(p, top, axis=1).sum(axis=1) / p.sum(axis=1))
+            chunk = positives[lo : lo + USERS_PER_CHUNK]
+            recall += [np.isin(pos, row).mean() for pos, row in zip(chunk, top, strict=True)]
+        r, m = float(np.mean(recall)), float(np.mean(np.concatenate(mass)))
+        oracle = oracle or (r, m)
+        print(f"| {name} | {r:.4f} | {r / oracle[0]:.3f} | {m:.4f} | {m / oracle[1]:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
