@@ -79,10 +79,11 @@ each item's share of the loader's rows, non-clicked rows weighted by
 log pi(j | u). It is a probe over the click embeddings u and v: its loss
 trains M and b only (letting it train the towers too pulled the embeddings
 towards the exposure structure and cost half the logged-slice recall on the
-benchmark world, docs/benchmarks.md). The click softmax then uses ``s(u, j) + e(u, j)`` as the logit
-of candidate j, with e held fixed (no gradient): the product pi x P(click)
-is explained by both, and the served score s = u . v / temperature is left
-with log P(click | u, j), the quantity a random (unbiased) exposure rewards.
+benchmark world, docs/benchmarks.md). The click softmax then uses
+``s(u, j) + e(u, j)`` as the logit of candidate j, with e held fixed (no
+gradient): the product pi x P(click) is explained by both, and the served
+score s = u . v / temperature is left with log P(click | u, j), the quantity
+a random (unbiased) exposure rewards.
 The exposure score is a training device only; nothing of it is exported.
 Use it without the exposure adjustment (beta = 0): e removes the popularity
 that beta would.
@@ -370,22 +371,17 @@ class RetrievalTask(nn.Module):
         if not self.exposure_weight:
             return user.new_zeros(())
         r = user.shape[0]
-        candidates, ids = [item], [item_ids]
-        if sampled is not None and sampled_ids is not None and sampled.shape[0]:
-            candidates.append(sampled)
-            ids.append(sampled_ids)
-        cand_ids = torch.cat(ids)
+        cands, cand_ids = _candidates(item, item_ids, sampled, sampled_ids)
         # a probe over the click embeddings: it trains M and b, not the towers
-        cands = torch.cat(candidates).detach()
-        logits = self.exposure_score(user.detach(), cands, cand_ids)
+        logits = self.exposure_score(user.detach(), cands.detach(), cand_ids)
         if self.logq and self.row_prob is not None:
             m = cand_ids.shape[0] - r
             expected = r * self.row_prob[cand_ids] + m / max(self.corpus_size, 1)
             logits = logits - torch.log(expected.clamp(min=1e-30)).to(logits.dtype).unsqueeze(0)
-        masked = cand_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+        logits = logits.masked_fill(
+            _accidental_hits(cand_ids, item_ids), torch.finfo(logits.dtype).min
+        )
         own = torch.arange(r, device=user.device)
-        masked[own, own] = False
-        logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
         ce = nn.functional.cross_entropy(logits, own, reduction="none")
         weight = torch.where(positive, 1.0, 1.0 / self.impression_share).to(ce.dtype)
         return self.exposure_weight * (weight * ce).sum() / weight.sum()
@@ -404,13 +400,9 @@ class RetrievalTask(nn.Module):
     ) -> torch.Tensor:
         """Corrected, masked logits [B, B + M + H]; row b's positive is column b."""
         b = user.shape[0]
-        candidates, ids = [item], [item_ids]
-        if sampled is not None and sampled_ids is not None and sampled.shape[0]:
-            candidates.append(sampled)
-            ids.append(sampled_ids)
-        cand_ids = torch.cat(ids)
+        cands, cand_ids = _candidates(item, item_ids, sampled, sampled_ids)
         scale = self.inverse_temperature()
-        logits = user @ torch.cat(candidates).T * scale  # [B, B + M]
+        logits = user @ cands.T * scale  # [B, B + M]
         if self.logq:
             m = cand_ids.shape[0] - b
             logits = logits - self.log_expected_count(cand_ids, b, m).unsqueeze(0)
@@ -418,13 +410,11 @@ class RetrievalTask(nn.Module):
             logits = logits + self.exposure_adjustment * self.log_exposure[cand_ids].unsqueeze(0)
         if self.exposure_weight:  # the exposure prior, held fixed (see the module docstring)
             with torch.no_grad():
-                prior = self.exposure_score(user, torch.cat(candidates), cand_ids)
+                prior = self.exposure_score(user, cands, cand_ids)
             logits = logits + prior
         masked = torch.zeros_like(logits, dtype=torch.bool)
         if self.mask_accidental_hits:
-            masked = cand_ids.unsqueeze(0) == item_ids.unsqueeze(1)
-            own = torch.arange(b, device=user.device)
-            masked[own, own] = False
+            masked = _accidental_hits(cand_ids, item_ids)
         if hard is not None and hard_ids is not None and hard_mask is not None and hard.shape[0]:
             hard_logits = user @ hard.T * scale
             if self.exposure_weight:
@@ -454,3 +444,23 @@ class RetrievalTask(nn.Module):
         logits = self.logits(user, item, item_ids, sampled, sampled_ids, hard, hard_ids, hard_mask)
         target = torch.arange(user.shape[0], device=user.device)
         return self.softmax_weight * nn.functional.cross_entropy(logits, target)
+
+
+def _candidates(
+    item: torch.Tensor,
+    item_ids: torch.Tensor,
+    sampled: torch.Tensor | None,
+    sampled_ids: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-batch items, then the uniform draws: embeddings [B + M, D], ids [B + M]."""
+    if sampled is not None and sampled_ids is not None and sampled.shape[0]:
+        return torch.cat([item, sampled]), torch.cat([item_ids, sampled_ids])
+    return item, item_ids
+
+
+def _accidental_hits(cand_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    """bool [B, K]: candidates holding row b's own item, except row b's own column b."""
+    masked = cand_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+    own = torch.arange(item_ids.shape[0], device=item_ids.device)
+    masked[own, own] = False
+    return masked
