@@ -23,6 +23,7 @@ from ranking.lit.ranking import RankingModule
 from ranking.lit.retrieval import RetrievalModule
 from ranking.schema import SCHEMA_FILE, Schema
 from ranking.serving.export import export_bundle
+from ranking.tasks.retrieval import RetrievalTask
 from ranking.tracking import StageLogger, Tracker
 
 log = logging.getLogger("ranking")
@@ -107,10 +108,10 @@ def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
     """Retrieval trains on positive rows only (its task's label; every row when its
     loss reads the other impressions too); ranking on all."""
     task = cfg.retrieval.task
-    all_rows = (
-        task.get("hard_negatives", False)
-        or task.get("impression_weight", 0) > 0
-        or task.get("exposure_weight", 0) > 0
+    all_rows = RetrievalTask.reads_all_rows(
+        task.get("hard_negatives", False),
+        task.get("impression_weight", 0.0),
+        task.get("exposure_weight", 0.0),
     )
     share = float(cfg.retrieval.get("negative_share", 1.0))  # of the other impressions
     rows = task.positive_label

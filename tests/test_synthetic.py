@@ -463,6 +463,37 @@ def test_latent_interests_are_rarely_logged_but_clicked(
     assert pc[latent].mean() > 2 * pc[none].mean()
 
 
+def test_click_logit_terms_sum_to_the_oracle_and_affinity_drops_latent_slots(
+    small: tuple[Path, Schema],
+) -> None:
+    from ranking.data.synthetic import world as W
+
+    world = load_world(small[0])
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, world.n_users, 500)
+    i = rng.integers(0, world.n_items, 500)
+    pos = rng.integers(0, world.config.max_slots, 500)
+    p_click, _ = oracle_probabilities(world, u, i, pos)
+    logit = sum(W.click_logit_terms(world, u, i, pos).values())
+    assert np.allclose(1 / (1 + np.exp(-logit)), p_click, rtol=0, atol=1e-12)
+    # brute force over the interest slots: exact L2 match or an L1 sibling
+    cfg, d = world.config, world.derived
+    want_all, want_exp = np.zeros(500), np.zeros(500)
+    for n in range(500):
+        for k, cat in enumerate(world.user_interest_cat[u[n]]):
+            if cat < 0:
+                continue
+            l2 = d["item_l2"][i[n]]
+            same_l1 = cat // cfg.n_cat_l2_per_l1 == l2 // cfg.n_cat_l2_per_l1
+            w = 1.0 if cat == l2 else (W.SIBLING if same_l1 else 0.0)
+            v = world.user_interest_strength[u[n], k] * cfg.interest_scale * w
+            want_all[n] += v
+            want_exp[n] += v * world.user_interest_expressed[u[n], k]
+    assert np.allclose(W.interest_affinity(world, u, i), want_all)
+    got_exp = W.interest_affinity(world, u, i, expressed_only=True)
+    assert np.allclose(got_exp, want_exp) and not np.allclose(got_exp, want_all)
+
+
 # ---- oracle -------------------------------------------------------------------------------
 def test_oracle_reproduces_logged_probabilities(small: tuple[Path, Schema], log: pa.Table) -> None:
     out, _ = small

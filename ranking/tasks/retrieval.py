@@ -313,7 +313,17 @@ class RetrievalTask(nn.Module):
     def needs_all_rows(self) -> bool:
         """True when the loss reads non-positive impressions (the train loader must
         then yield every row, not only positives)."""
-        return self.hard_negatives or self.impression_weight > 0 or self.exposure_weight > 0
+        return self.reads_all_rows(
+            self.hard_negatives, self.impression_weight, self.exposure_weight
+        )
+
+    @staticmethod
+    def reads_all_rows(
+        hard_negatives: bool = False, impression_weight: float = 0.0, exposure_weight: float = 0.0
+    ) -> bool:
+        """Whether a task with these settings reads non-positive impressions (the
+        one rule, also asked of a config before the task exists)."""
+        return bool(hard_negatives) or impression_weight > 0 or exposure_weight > 0
 
     def impression_loss(
         self, user: torch.Tensor, item: torch.Tensor, labels: dict[str, torch.Tensor]

@@ -43,17 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     pos = t["position"].to_numpy()
     click, purchase = t["click"].to_numpy(), t["purchase"].to_numpy()
     aff = W.interest_affinity(world, u, i)
-    c = {  # click logit terms
-        "item": W.Q_CLICK * d["item_quality"][i]
-        + W.APPEAL * world.item_appeal[i]
-        + W.FOLLOW * d["item_followers_z"][i],
-        "position": -cfg.position_bias * np.log1p(pos),
-        "device_x_type": world.ct_device[world.user_device[u], world.item_content_type[i]],
-        "price": -W.PRICE_CLICK * world.user_price_sens[u] * d["item_price_dev_l1"][i],
-        "interests": aff,
-        "user_bias": d["user_bias_total"][u],
-        "taste": cfg.taste_scale * np.einsum("nd,nd->n", world.user_taste[u], world.item_taste[i]),
-    }
+    c = W.click_logit_terms(world, u, i, pos, aff)  # click logit terms
+    click_bias = c.pop("bias")
+    c["item"] = c.pop("quality") + c.pop("appeal") + c.pop("followers")
     b = {  # purchase-given-click logit terms
         "item": W.Q_BUY * d["item_quality"][i] + d["item_channel_buy"][i] + d["item_type_buy"][i],
         "interests": W.INTEREST_BUY * aff,
@@ -61,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "user_buy_bias": world.user_buy_bias[u],
     }
     oracle_c = binary_auc(sum(c.values()), click)
-    p_buy = lambda ci, bi: _sigmoid(cfg.click_bias + ci) * _sigmoid(cfg.purchase_bias + bi)  # noqa: E731
+    p_buy = lambda ci, bi: _sigmoid(click_bias + ci) * _sigmoid(cfg.purchase_bias + bi)  # noqa: E731
     oracle_p = binary_auc(p_buy(sum(c.values()), sum(b.values())), purchase)
     print(f"test rows {len(click)}; oracle AUC click {oracle_c:.4f}, purchase {oracle_p:.4f}")
     print("| model knows everything except | click AUC | ratio | purchase AUC | ratio |")

@@ -44,20 +44,6 @@ def _random_slice_positives(data: Path) -> tuple[np.ndarray, list[np.ndarray]]:
     return users, np.split(pairs[:, 1], starts[1:])
 
 
-def _affinity(world: W.World, users: np.ndarray, expressed_only: bool) -> np.ndarray:
-    """[U, I] interest affinity of every user for every item (latent slots dropped
-    with ``expressed_only``)."""
-    cfg, d = world.config, world.derived
-    cats = world.user_interest_cat[users]
-    s = world.user_interest_strength[users] * cfg.interest_scale
-    if expressed_only:
-        s = s * world.user_interest_expressed[users]
-    l2 = d["item_l2"][None, None, :]
-    exact = cats[:, :, None] == l2
-    sib = (d["user_interest_l1"][users][:, :, None] == l2 // cfg.n_cat_l2_per_l1) & ~exact
-    return (s[:, :, None] * (exact + W.SIBLING * sib)).sum(axis=1)
-
-
 def _estimated_item_terms(world: W.World, data: Path, iters: int = 30) -> np.ndarray:
     """[I] MAP estimate of each item's latent click term (quality and appeal) from
     the train impressions, every other term of the click logit given, with the
@@ -67,8 +53,8 @@ def _estimated_item_terms(world: W.World, data: Path, iters: int = 30) -> np.nda
     u, i = t["user_id"].to_numpy(), t["item_id"].to_numpy()
     y = t["click"].to_numpy().astype(np.float64)
     truth = W.Q_CLICK * d["item_quality"] + W.APPEAL * world.item_appeal
-    p, _ = W.outcome_probabilities(world, u, i, t["position"].to_numpy())
-    offset = np.log(p / (1 - p)) - truth[i]
+    terms = W.click_logit_terms(world, u, i, t["position"].to_numpy())
+    offset = sum(v for k, v in terms.items() if k not in ("quality", "appeal"))
     mu, var = truth.mean(), truth.var()
     q = np.full(world.n_items, mu)
     for _ in range(iters):  # Newton steps, one coordinate per item
@@ -111,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     log_x = np.log(np.maximum(x / x.sum(), 1e-12))
 
     def logit(us: np.ndarray, item: np.ndarray, aff: bool, latent: bool, taste: bool) -> np.ndarray:
-        s = np.broadcast_to(item + W.FOLLOW * d["item_followers_z"], (len(us), n_items)).copy()
-        s += world.ct_device[world.user_device[us]][:, world.item_content_type]
-        s -= W.PRICE_CLICK * world.user_price_sens[us][:, None] * d["item_price_dev_l1"][None, :]
-        if aff:
-            s += _affinity(world, us, expressed_only=not latent)
-        if taste:
-            s += cfg.taste_scale * world.user_taste[us] @ world.item_taste.T
-        return s
+        """[U, I] click logit at position 0 with ``item`` [I] as the quality and
+        appeal term, the interests (latent ones only if ``latent``) and taste on request."""
+        uu, ii = np.repeat(us, n_items), np.tile(np.arange(n_items), len(us))
+        interests = W.interest_affinity(world, uu, ii, expressed_only=not latent) if aff else 0.0
+        terms = W.click_logit_terms(world, uu, ii, np.zeros_like(uu), interests)
+        terms["quality"], terms["appeal"] = item[ii], 0.0
+        if not taste:
+            terms["taste"] = 0.0
+        return sum(terms.values()).reshape(len(us), n_items)
 
     def softmax_limit(beta: float) -> Callable[[np.ndarray], np.ndarray]:
         def score(us: np.ndarray) -> np.ndarray:

@@ -539,16 +539,52 @@ def _check_ids(world: World, users: np.ndarray, items: np.ndarray) -> None:
         raise ValueError(f"item ids must lie in [0, {world.n_items})")
 
 
-def interest_affinity(world: World, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+def interest_affinity(
+    world: World, users: np.ndarray, items: np.ndarray, expressed_only: bool = False
+) -> np.ndarray:
     """float64 [N]: interest strength of each user for each item's category
-    (exact L2 match, plus ``SIBLING`` x strength for other L2s of the same L1)."""
+    (exact L2 match, plus ``SIBLING`` x strength for other L2s of the same L1);
+    with ``expressed_only`` the latent interests count 0 (what a model can read
+    off the user's behaviour)."""
     cfg = world.config
     cats = world.user_interest_cat[users]  # [N, K]
     s = world.user_interest_strength[users] * cfg.interest_scale
+    if expressed_only:
+        s = s * world.user_interest_expressed[users]
     l2 = world.derived["item_l2"][items][:, None]
     exact = cats == l2
     sib = (world.derived["user_interest_l1"][users] == l2 // cfg.n_cat_l2_per_l1) & ~exact
     return (s * (exact + SIBLING * sib)).sum(axis=1)
+
+
+def click_logit_terms(
+    world: World,
+    users: np.ndarray,
+    items: np.ndarray,
+    position: np.ndarray,
+    aff: np.ndarray | float | None = None,
+) -> dict[str, np.ndarray | float]:
+    """The terms of the click logit (module docstring), float64 [N] each (``bias``
+    a float), in the order :func:`outcome_probabilities` adds them; ``aff`` is
+    :func:`interest_affinity` when the caller has it already. The ceiling
+    scripts (``scripts/bench/*_ceiling.py``) drop or replace some of them."""
+    cfg = world.config
+    d = world.derived
+    if aff is None:
+        aff = interest_affinity(world, users, items)
+    taste = np.einsum("nd,nd->n", world.user_taste[users], world.item_taste[items])
+    return {
+        "bias": cfg.click_bias,
+        "interests": aff,
+        "taste": cfg.taste_scale * taste,
+        "quality": Q_CLICK * d["item_quality"][items],
+        "appeal": APPEAL * world.item_appeal[items],
+        "user_bias": d["user_bias_total"][users],
+        "device_x_type": world.ct_device[world.user_device[users], world.item_content_type[items]],
+        "followers": FOLLOW * d["item_followers_z"][items],
+        "price": -PRICE_CLICK * world.user_price_sens[users] * d["item_price_dev_l1"][items],
+        "position": -cfg.position_bias * np.log1p(position),
+    }
 
 
 def outcome_probabilities(
@@ -559,19 +595,7 @@ def outcome_probabilities(
     cfg = world.config
     d = world.derived
     aff = interest_affinity(world, users, items)
-    taste = np.einsum("nd,nd->n", world.user_taste[users], world.item_taste[items])
-    logit_c = (
-        cfg.click_bias
-        + aff
-        + cfg.taste_scale * taste
-        + Q_CLICK * d["item_quality"][items]
-        + APPEAL * world.item_appeal[items]
-        + d["user_bias_total"][users]
-        + world.ct_device[world.user_device[users], world.item_content_type[items]]
-        + FOLLOW * d["item_followers_z"][items]
-        - PRICE_CLICK * world.user_price_sens[users] * d["item_price_dev_l1"][items]
-        - cfg.position_bias * np.log1p(position)
-    )
+    logit_c = sum(click_logit_terms(world, users, items, position, aff).values())
     logit_b = (
         cfg.purchase_bias
         + Q_BUY * d["item_quality"][items]
