@@ -81,23 +81,37 @@ def build_retrieval(cfg: DictConfig, schema: Schema) -> RetrievalModule:
         impression_share=float(cfg.retrieval.get("negative_share", 1.0)),
         _convert_="all",
     )
-    optimizer = instantiate(cfg.retrieval.optimizer)
+    optimizer, schedule = _optimisation(cfg.retrieval.optimizer)
     num_users = schema.feature(schema.user_id).vocab_size
     evaluation = OmegaConf.to_container(cfg.retrieval.get("eval", {}), resolve=True)
-    return RetrievalModule(model, task, optimizer, num_users=num_users, seed=cfg.seed, **evaluation)
+    return RetrievalModule(
+        model,
+        task,
+        optimizer,
+        num_users=num_users,
+        seed=cfg.seed,
+        schedule=schedule,
+        **evaluation,
+    )
 
 
 def build_ranking(cfg: DictConfig, schema: Schema) -> RankingModule:
     model = _build(cfg.ranking.model, schema)
     task = instantiate(cfg.ranking.task, _convert_="all")
-    opt = cfg.ranking.optimizer
-    if "dense" not in opt:  # a bare torch optimiser for every parameter (optimizer=adam)
-        return RankingModule(model, task, instantiate(opt))
-    # conf/optimizer/fused.yaml: dense optimiser + schedule here; the tables' fused
-    # optimiser (opt.sparse) went into the model (conf/model/dlrm.yaml).
+    optimizer, schedule = _optimisation(cfg.ranking.optimizer)
+    return RankingModule(model, task, optimizer, schedule=schedule)
+
+
+def _optimisation(opt: DictConfig) -> tuple[Any, dict[str, Any] | None]:
+    """(dense optimiser factory, schedule or None) of a stage's optimizer config:
+    a bare torch optimiser for every parameter (optimizer=adam), or
+    conf/optimizer/fused*.yaml's dense optimiser and schedule (the tables' fused
+    optimiser, ``opt.sparse``, went into the model: conf/model/*.yaml)."""
+    if "dense" not in opt:
+        return instantiate(opt), None
     schedule = opt.get("schedule")
     schedule = OmegaConf.to_container(schedule, resolve=True) if schedule else None
-    return RankingModule(model, task, instantiate(opt.dense), schedule=schedule)
+    return instantiate(opt.dense), schedule
 
 
 def build_stage(stage: str, cfg: DictConfig, schema: Schema) -> pl.LightningModule:

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 import ranking.pipeline as pipeline
-from ranking.lit.ranking import SPARSE_STATE_KEY
+from ranking.lit.fused_tables import SPARSE_STATE_KEY
 from ranking.tracking import Tracker
 from tests.conftest import compose_train, tiny_overrides
 

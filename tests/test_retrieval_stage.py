@@ -65,9 +65,11 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
         ),
         # streaming logQ, hard negatives, the impression loss and the exposure-aware
         # softmax (the loader then yields every positive and half of the other
-        # impressions), id dropout
+        # impressions), id dropout, bias terms, plain tables under Adam
         (
             [
+                "retrieval.model.bias_terms=true",
+                "optimizer@retrieval.optimizer=adam",
                 "retrieval.task.logq_source=streaming",
                 "retrieval.task.hard_negatives=true",
                 "retrieval.task.impression_weight=0.5",
@@ -101,6 +103,8 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
     tracker = Tracker(uri, "retrieval-test", enabled=tracked)
     with tracker.parent(cfg, "tiny", run_name="t"):
         module, metrics = train_stage("retrieval", cfg, tiny_dataset, tracker, tmp_path)
+    if tracked:  # the default: fused SGD tables
+        assert module.model.fused and module.sparse_lr == cfg.retrieval.optimizer.sparse.lr
     for stage in ("test", "test_random"):
         for key in TEST_KEYS:
             value = metrics[f"{stage}/{key}"]
@@ -113,6 +117,8 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
         assert module.trainer.datamodule.train_filter == ("click", 1.0, 0.5)
         task = module.task
         assert task.impression_share == 0.5 and task.exposure_matrix.abs().sum() > 0
+        assert module.model.out_dim == cfg.retrieval.model.out_dim + 2  # [e, b, 1]
+        assert not module.model.fused
         assert task.row_prob.sum().item() == pytest.approx(1.0)
         return
     client = mlflow.MlflowClient(tracking_uri=uri)

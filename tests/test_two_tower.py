@@ -135,3 +135,71 @@ def test_id_dropout_zeroes_whole_id_rows_in_training_only(dm):
         assert 0.4 < share < 0.6, f"{name}: {share:.2f} of {len(batch)} rows dropped"
     with pytest.raises(ValueError, match="id_dropout"):
         TwoTower(schema, hidden=[8], out_dim=4, id_dropout=1.0)
+
+
+def test_bias_terms_add_a_user_and_an_item_offset_to_the_dot_product(dm):
+    schema = dm.schema
+    torch.manual_seed(0)
+    model = TwoTower(schema, hidden=[8], out_dim=4, bias_terms=True).eval()
+    assert model.out_dim == 6
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        user, item = model(batch)
+        pooled = model.pooled(batch)
+        # the towers' MLPs end in D + 1 units: the embedding, then the offset
+        raw_u = model.user_tower.mlp(
+            torch.cat([*(pooled[n] for n in model.user_tower.features), batch.dense[Side.USER]], 1)
+        )
+        raw_i = model.item_tower.mlp(
+            torch.cat([*(pooled[n] for n in model.item_tower.features), batch.dense[Side.ITEM]], 1)
+        )
+    assert raw_u.shape[1] == raw_i.shape[1] == 5
+    e_u = torch.nn.functional.normalize(raw_u[:, :4], dim=1)
+    e_i = torch.nn.functional.normalize(raw_i[:, :4], dim=1)
+    b_u, b_i = raw_u[:, 4], raw_i[:, 4]
+    assert torch.allclose(user, torch.cat([e_u, torch.ones_like(b_u)[:, None], b_u[:, None]], 1))
+    assert torch.allclose(item, torch.cat([e_i, b_i[:, None], torch.ones_like(b_i)[:, None]], 1))
+    # every user against every item: cosine + b_i + b_u
+    want = e_u @ e_i.T + b_i[None, :] + b_u[:, None]
+    assert torch.allclose(user @ item.T, want, atol=1e-6)
+    assert b_i.std() > 0  # offsets differ between items (not a constant column)
+
+
+def test_bias_terms_user_tower_export_matches_without_torchrec(dm, tmp_path):
+    torch.manual_seed(0)
+    model = TwoTower(dm.schema, hidden=[8], out_dim=4, bias_terms=True).eval()
+    pred = torch.jit.script(user_tower_predictor(dm.schema, model))
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        want = model.encode_users(batch)
+        got = pred(flat_inputs(dm.schema, batch, (Side.USER,)))
+    assert got.shape == (len(batch), 6)
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_fused_sgd_tables_take_exactly_one_sgd_step(dm):
+    """The fused tables (sparse_optimizer) update each looked-up row inside the
+    backward pass by -lr x its gradient: checked against plain tables' autograd."""
+    schema = dm.schema
+    torch.manual_seed(0)
+    plain = TwoTower(schema, hidden=[8], out_dim=4)
+    fused = TwoTower(schema, hidden=[8], out_dim=4, sparse_optimizer={"type": "sgd", "lr": 0.5})
+    assert fused.fused and not plain.fused
+    fused.load_state_dict(plain.state_dict())
+    before = {k: v.clone() for k, v in plain.sparse.state_dict().items()}
+    batch = next(iter(dm.train_dataloader()))
+    for model in (plain, fused):
+        user, item = model(batch)
+        ((user * item).sum(dim=1) ** 2).mean().backward()
+    grads = {n: p.grad for n, p in plain.sparse.named_parameters()}
+    after = fused.sparse.state_dict()
+    moved = 0
+    for key, old in before.items():
+        grad = grads[key]
+        assert torch.allclose(after[key], old - 0.5 * grad, atol=1e-6), key
+        moved += int((grad.abs().sum(dim=1) > 0).sum())
+    assert moved > 0
+    # the dense layers are left to the dense optimiser: same gradients in both
+    pairs = zip(plain.user_tower.named_parameters(), fused.user_tower.parameters(), strict=True)
+    for (name, p), q in pairs:
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
 
@@ -17,6 +16,7 @@ from ranking.data.batch import Batch
 from ranking.data.corpus_sampler import CorpusSampler
 from ranking.data.files import file_columns
 from ranking.data.retrieval_stats import ItemCounts, item_counts
+from ranking.lit.fused_tables import FusedTables
 from ranking.metrics.retrieval import FullCorpusEvaluator, Reference, RetrievalReport
 from ranking.models.two_tower import TwoTower
 from ranking.tasks.retrieval import RetrievalTask
@@ -24,7 +24,7 @@ from ranking.tasks.retrieval import RetrievalTask
 log = logging.getLogger("ranking")
 
 
-class RetrievalModule(pl.LightningModule):
+class RetrievalModule(FusedTables):
     """Trains the towers with the retrieval task; evaluates on the full corpus.
 
     Training: the task's loss over the batch's positive rows, with the corpus
@@ -46,10 +46,17 @@ class RetrievalModule(pl.LightningModule):
     (``retrieval/<stage>_recall_by_decile.json`` and ``.csv``) and to
     :attr:`last_tables`.
 
+    Optimisation (:class:`~ranking.lit.fused_tables.FusedTables`): ``optimizer``
+    updates the dense parameters (towers' MLPs, poolers, the task's); the
+    embedding tables, when the model's are fused (``sparse_optimizer``), are
+    updated by their own optimiser inside the backward pass.
+
     Args:
         model: the two towers.
         task: the retrieval objective.
-        optimizer: partial optimizer (params -> optimizer).
+        optimizer: partial optimizer (dense params -> optimizer).
+        schedule: warm-up/decay of both learning rates
+            (:class:`~ranking.lit.schedule.WarmupSchedule` fields), None: constant.
         num_users: size of the user-id vocabulary.
         ks: cut-offs of recall/ndcg/hit.
         exclude_train: drop each user's train positives from their ranking.
@@ -78,11 +85,12 @@ class RetrievalModule(pl.LightningModule):
         oracle: bool = True,
         oracle_valid: bool = False,
         seed: int = 0,
+        schedule: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.task = task
-        self.optimizer_factory = optimizer
+        self.init_optimisation(optimizer, schedule)
         self.num_users = num_users
         self.ks = tuple(ks)
         self.exclude_train = exclude_train
@@ -263,9 +271,6 @@ class RetrievalModule(pl.LightningModule):
 
             self._world_reference = world_reference(dm.schema.root)
         return self._world_reference
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
 
 
 def _has_column(schema: Any, split: str, column: str) -> bool:

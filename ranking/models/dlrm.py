@@ -12,6 +12,7 @@ from ranking.data.batch import Batch
 from ranking.models.dlrm_head import DLRMHead
 from ranking.modules.fused_embedding import (
     is_fused,
+    lookup,
     sparse_arch_from_schema,
     split_positions,
     with_positions,
@@ -160,14 +161,7 @@ class DLRM(nn.Module):
                 padded[seq] = jt.to_padded_dense(desired_length=length, padding_value=-1).long()
         for cand in self.candidate_ids:
             padded[cand] = batch.sparse[cand].values().long()
-        if torch.is_inference_mode_enabled() and self.fused:
-            # fbgemm registers its fused CPU lookup for autograd dispatch only, which
-            # inference mode (Lightning's test loop) skips: lift it, keep no_grad.
-            with torch.inference_mode(False), torch.no_grad():
-                looked_up = self.sparse(kjt)
-        else:
-            looked_up = self.sparse(kjt)
-        pooled, sequences = split_positions(looked_up, self.positions)
+        pooled, sequences = split_positions(lookup(self.sparse, kjt), self.positions)
         return pooled, sequences, padded, dense_input(batch.dense)
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+from torchrec import EmbeddingBagConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ranking.data.batch import Batch
 from ranking.models.tower_head import TowerHead
 from ranking.modules.embedding import feature_dims
+from ranking.modules.fused_embedding import collection_from_configs, is_fused, lookup
 from ranking.modules.sequence_pooling import AttentionPooling
 from ranking.schema import Feature, Kind, Schema, Side
 
@@ -54,12 +57,27 @@ class TwoTower(nn.Module):
             from its other features (histories, category, product, creator),
             which generalise across ids. At evaluation and in serving every id
             embedding is present, as in the other share of training rows.
+        bias_terms: give each user and each item a learned scalar offset
+            (b_u, b_i) next to its embedding, so the score is
+            ``e_u . e_i + b_i + b_u``. The towers' outputs carry them
+            (``[e_u, 1, b_u]`` and ``[e_i, b_i, 1]``, see
+            :class:`~ranking.models.tower_head.TowerHead`): D grows by 2, and the
+            exported towers and an inner-product index rank by the full score
+            unchanged. With normalised towers the embedding part stays on the
+            unit sphere while b_i carries what is item-only (how clickable an
+            item is wherever it is shown), which the cosine cannot hold without
+            spending a direction of every embedding on it.
+        sparse_optimizer: the tables' fused optimiser (torchrec / fbgemm, applied
+            in the backward pass; see :mod:`ranking.modules.fused_embedding`),
+            e.g. ``{"type": "sgd", "lr": 10.0}``; None: plain tables that the
+            dense optimiser updates.
 
     Example:
         >>> model = TwoTower(schema, hidden=[64], out_dim=32)   # doctest: +SKIP
         >>> u, v = model(batch)                                   # [B, 32], [B, 32]
 
-    Shapes: Batch of B rows -> (user [B, D], item [B, D]).
+    Shapes: Batch of B rows -> (user [B, D], item [B, D]); D = ``out_dim`` (+ 2 with
+    ``bias_terms``).
     """
 
     def __init__(
@@ -73,6 +91,8 @@ class TwoTower(nn.Module):
         attention_hidden: int = 32,
         dropout: float = 0.0,
         id_dropout: float = 0.0,
+        bias_terms: bool = False,
+        sparse_optimizer: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= id_dropout < 1.0:
@@ -88,7 +108,7 @@ class TwoTower(nn.Module):
             for f in user
             if sequence_pooling == "attention" and f.kind == Kind.SEQUENCE and f.max_len
         }
-        self.sparse = _collection(schema, user + item, self.attentive)
+        self.sparse = _collection(schema, user + item, self.attentive, sparse_optimizer)
         dims = feature_dims(self.sparse)
         self.poolers = nn.ModuleDict(
             {
@@ -108,6 +128,7 @@ class TwoTower(nn.Module):
             out_dim,
             normalize,
             dropout,
+            "user" if bias_terms else "none",
         )
         self.item_tower = TowerHead(
             [f.name for f in item],
@@ -117,19 +138,26 @@ class TwoTower(nn.Module):
             out_dim,
             normalize,
             dropout,
+            "item" if bias_terms else "none",
         )
-        self.out_dim = out_dim
+        #: width of both towers' outputs (D, or D + 2 with bias terms)
+        self.out_dim = self.user_tower.width
         self.id_dropout = float(id_dropout)
         names = {f.name for f in user + item}
         #: the schema's id features (user id, item id) that ``id_dropout`` masks
         self.id_features = [n for n in (schema.user_id, schema.item_id) if n in names]
 
+    @property
+    def fused(self) -> bool:
+        """True when the tables carry their own (fused) optimiser."""
+        return is_fused(self.sparse)
+
     def pooled(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Per feature [B, d_feature]: pooled embeddings (attention-pooled sequences included)."""
         if not self.attentive:
-            return self._drop_ids(self.sparse(batch.sparse).to_dict())
+            return self._drop_ids(lookup(self.sparse, batch.sparse).to_dict())
         kjt, lengths = _spread_positions(batch.sparse, self.attentive)
-        out = self.sparse(kjt).to_dict()
+        out = lookup(self.sparse, kjt).to_dict()
         for name, length in self.attentive.items():
             emb = torch.stack([out.pop(position_key(name, p)) for p in range(length)], dim=1)
             valid = torch.arange(length, device=emb.device) < lengths[name].unsqueeze(1)
@@ -164,10 +192,14 @@ class TwoTower(nn.Module):
 
 
 def _collection(
-    schema: Schema, features: list[Feature], attentive: dict[str, int]
-) -> EmbeddingBagCollection:
-    """One EmbeddingBagCollection over ``features``' tables; an attentive sequence
-    looks its table up once per position (keys ``name#p``)."""
+    schema: Schema,
+    features: list[Feature],
+    attentive: dict[str, int],
+    optimizer: dict[str, Any] | None = None,
+) -> nn.Module:
+    """One (fused with ``optimizer``) embedding bag collection over ``features``'
+    tables; an attentive sequence looks its table up once per position (keys
+    ``name#p``)."""
     configs = []
     for t in schema.tables_for(features):
         names: list[str] = []
@@ -185,7 +217,7 @@ def _collection(
                 pooling=PoolingType.SUM if t.pooling == "sum" else PoolingType.MEAN,
             )
         )
-    return EmbeddingBagCollection(tables=configs)
+    return collection_from_configs(configs, optimizer)
 
 
 def _spread_positions(

@@ -105,12 +105,26 @@ def sparse_arch_from_schema(
             weights the dense optimiser updates (dense gradients; for comparison).
         positions: see :func:`table_configs`.
     """
-    configs = table_configs(schema, features, dim, positions)
+    return collection_from_configs(table_configs(schema, features, dim, positions), optimizer)
+
+
+def collection_from_configs(
+    configs: list[EmbeddingBagConfig], optimizer: dict[str, Any] | None = None
+) -> EmbeddingBagCollection | FusedEmbeddingBagCollection:
+    """The tables of ``configs``: fused with ``optimizer`` (see
+    :func:`sparse_arch_from_schema`), a plain EmbeddingBagCollection without.
+    The configs are put in pooling order (mean tables first), which the fused
+    collection's output naming needs (see :func:`table_configs`)."""
+    configs = sorted(configs, key=lambda c: c.pooling != PoolingType.MEAN)
     if optimizer is None:
         return EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
     bad = [c.name for c in configs if c.embedding_dim % 4]
     if bad:
-        raise ValueError(f"fbgemm's fused tables need widths divisible by 4; tables {bad} are not")
+        raise ValueError(
+            f"fbgemm's fused tables need widths divisible by 4; tables {bad} are not "
+            "(change their dim in the schema, or train with plain tables: a stage "
+            "optimizer without `sparse`, e.g. optimizer@retrieval.optimizer=adam)"
+        )
     kwargs = dict(optimizer)
     kind = kwargs.pop("type", "rowwise_adagrad")
     if "weight_decay_mode" in kwargs:  # "l2" | "decouple" | "none" in configs
@@ -123,6 +137,16 @@ def sparse_arch_from_schema(
         optimizer_kwargs=kwargs,
         device=torch.device("cpu"),
     )
+
+
+def lookup(sparse: torch.nn.Module, kjt: KeyedJaggedTensor) -> KeyedTensor:
+    """``sparse(kjt)``, also under inference mode for fused tables: fbgemm registers
+    its fused CPU lookup for autograd dispatch only, which inference mode
+    (Lightning's evaluation loops) skips, so it is lifted there (keeping no_grad)."""
+    if torch.is_inference_mode_enabled() and is_fused(sparse):
+        with torch.inference_mode(False), torch.no_grad():
+            return sparse(kjt)
+    return sparse(kjt)
 
 
 def with_positions(

@@ -60,8 +60,12 @@ exposure measures. The train loader then yields every positive and a share
 of the other impressions (``retrieval.negative_share``; downsampling shifts
 the learned logit by a constant, which no ranking sees).
 ``softmax_weight`` scales the softmax term; 0 leaves the impression loss
-alone (a pointwise click model: unbiased by the logging policy's targeting,
-but it learns little personalisation, see ``docs/benchmarks.md``).
+alone: a pointwise click model, unbiased by the logging policy's targeting
+(P(click | u, i, shown) does not depend on why i was shown). Use it with the
+towers' bias terms (``retrieval.model.bias_terms``: a per-user and a per-item
+offset in the dot product), so item-only click quality has a parameter of its
+own instead of a shared direction of the cosine; measured in
+``docs/benchmarks.md``.
 
 **Exposure-aware softmax** (optional, ``exposure_weight`` = mu > 0). The
 positives of a log are drawn from P(i | u, click) ~ pi(i | u) x P(click | u, i):

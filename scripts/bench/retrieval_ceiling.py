@@ -7,7 +7,11 @@ This script ranks the corpus with the oracle's click logit minus some terms,
 i.e. the recall of a model that knew everything *except* them, exactly, and
 with the item terms a model can only learn from the item's own impressions
 (latent quality and appeal) *estimated* from the train split (a Gaussian-prior
-logistic MAP per item, every other term given). It also ranks by what an
+logistic MAP per item, every other term given), and with the user's interests
+*estimated* from what a model sees of them: the categories of the user's
+history at query time (its earliest test row, as the evaluator's query), mapped
+to the interest term by a least-squares fit on these very users (a generous
+estimator: tuned against the truth). It also ranks by what an
 in-batch softmax over logged clicks converges to with unlimited data,
 ``log P(click | u, i) + log pi(i | u) - beta log x_i`` (pi: the logging
 mixture's exposure probability, x: the mean exposure share, beta: the exposure
@@ -65,6 +69,39 @@ def _estimated_item_terms(world: W.World, data: Path, iters: int = 30) -> np.nda
     return q
 
 
+def _history_affinity(world: W.World, data: Path, users: np.ndarray) -> np.ndarray:
+    """[U, C] interest term of each L2 category estimated from each user's
+    ``hist_cats`` at their earliest test row: a least-squares fit of the true
+    interest term (expressed and latent slots) on the history's share of the
+    category, of its L1 siblings, their square roots and presence indicators."""
+    cfg = world.config
+    t = pads.dataset(data / "test").to_table(columns=["user_id", "ts", "hist_cats"])
+    u, ts = t["user_id"].to_numpy(), t["ts"].to_numpy()
+    order = np.lexsort((ts, u))
+    firsts = order[np.unique(u[order], return_index=True)[1]]
+    row_of = dict(zip(u[firsts].tolist(), firsts.tolist(), strict=True))
+    hist = t["hist_cats"]
+    n_cat = cfg.n_cat_l2
+    exact = np.zeros((len(users), n_cat))
+    for r, user in enumerate(users):
+        cats = np.asarray(hist[row_of[int(user)]].as_py(), dtype=np.int64)
+        exact[r] = np.bincount(cats, minlength=n_cat)
+    l1 = np.arange(n_cat) // cfg.n_cat_l2_per_l1
+    same_l1 = (l1[:, None] == l1[None, :]).astype(np.float64)
+    sibling = exact @ same_l1 - exact
+    n = np.maximum(exact.sum(axis=1, keepdims=True), 1.0)
+    fe, fs = exact / n, sibling / n
+    basis = np.stack(
+        [np.ones_like(fe), fe, np.sqrt(fe), fs, np.sqrt(fs), fe > 0, fs > 0], axis=-1
+    ).astype(np.float64)
+    anchor = np.array([np.flatnonzero(world.derived["item_l2"] == c)[0] for c in range(n_cat)])
+    truth = W.interest_affinity(
+        world, np.repeat(users, n_cat), np.tile(anchor, len(users))
+    ).reshape(len(users), n_cat)
+    coef, *_ = np.linalg.lstsq(basis.reshape(-1, basis.shape[-1]), truth.ravel(), rcond=None)
+    return basis @ coef
+
+
 def _exposure(world: W.World, users: np.ndarray, day: int, policy: W.DayPolicy) -> np.ndarray:
     """[U, I] exposure probability of one slot under the day's policy mixture."""
     cfg, n = world.config, world.n_items
@@ -96,11 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     log_x = np.log(np.maximum(x / x.sum(), 1e-12))
 
-    def logit(us: np.ndarray, item: np.ndarray, aff: bool, latent: bool, taste: bool) -> np.ndarray:
+    history = _history_affinity(world, args.data, users)
+    row = {int(user): r for r, user in enumerate(users)}
+
+    def logit(
+        us: np.ndarray, item: np.ndarray, aff: bool | str, latent: bool, taste: bool
+    ) -> np.ndarray:
         """[U, I] click logit at position 0 with ``item`` [I] as the quality and
-        appeal term, the interests (latent ones only if ``latent``) and taste on request."""
+        appeal term, the interests (latent ones only if ``latent``; ``"history"``:
+        estimated from the history) and taste on request."""
         uu, ii = np.repeat(us, n_items), np.tile(np.arange(n_items), len(us))
-        interests = W.interest_affinity(world, uu, ii, expressed_only=not latent) if aff else 0.0
+        if aff == "history":
+            rows = np.array([row[int(user)] for user in us])
+            interests = history[rows][:, d["item_l2"]].ravel()
+        elif aff:
+            interests = W.interest_affinity(world, uu, ii, expressed_only=not latent)
+        else:
+            interests = 0.0
         terms = W.click_logit_terms(world, uu, ii, np.zeros_like(uu), interests)
         terms["quality"], terms["appeal"] = item[ii], 0.0
         if not taste:
@@ -122,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         "latent interests; item quality estimated from train": lambda us: logit(
             us, estimated_item, True, False, True
         ),
+        "interests estimated from the history; item quality estimated": lambda us: logit(
+            us, estimated_item, "history", True, True
+        ),
+        "the same, and taste": lambda us: logit(us, estimated_item, "history", True, False),
         "item quality and appeal": lambda us: logit(us, np.zeros(n_items), True, True, True),
         "every interest and taste (non-personal)": lambda us: logit(
             us, true_item, False, False, False
