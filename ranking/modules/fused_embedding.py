@@ -69,11 +69,7 @@ def table_configs(
     """
     positions = positions or {}
     configs = []
-    # Grouped by pooling: the fused collection runs one kernel per pooling type and
-    # concatenates their outputs group by group, but names its output keys in table
-    # order (torchrec 1.8), so interleaved poolings would mislabel the outputs.
-    tables = sorted(schema.tables_for(features), key=lambda t: t.pooling != "mean")
-    for t in tables:
+    for t in schema.tables_for(features):
         names = list(t.features)
         for seq in t.features:
             names += [position_key(seq, j) for j in range(positions.get(seq, 0))]
@@ -112,9 +108,11 @@ def collection_from_configs(
     configs: list[EmbeddingBagConfig], optimizer: dict[str, Any] | None = None
 ) -> EmbeddingBagCollection | FusedEmbeddingBagCollection:
     """The tables of ``configs``: fused with ``optimizer`` (see
-    :func:`sparse_arch_from_schema`), a plain EmbeddingBagCollection without.
-    The configs are put in pooling order (mean tables first), which the fused
-    collection's output naming needs (see :func:`table_configs`)."""
+    :func:`sparse_arch_from_schema`), a plain EmbeddingBagCollection without."""
+    # Grouped by pooling (mean tables first): the fused collection runs one kernel
+    # per pooling type and concatenates their outputs group by group, but names its
+    # output keys in table order (torchrec 1.8), so interleaved poolings would
+    # mislabel the outputs.
     configs = sorted(configs, key=lambda c: c.pooling != PoolingType.MEAN)
     if optimizer is None:
         return EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
