@@ -1,0 +1,49 @@
+"""Helpers shared by scripts/bench/retrieval_ceiling.py and retrieval_learner.py,
+against values computed by hand and a brute-force loop over the world's days."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
+from retrieval_ceiling import category_shares, expected_recalls, slice_exposure  # noqa: E402
+
+from ranking.data.synthetic import load_world  # noqa: E402
+
+
+def test_category_shares_by_hand():
+    lists = pa.array([[9, 9], [1, 1, 2], [], [0]])[1:]  # a slice: offsets do not start at 0
+    got = category_shares(lists, 3)
+    want = np.array([[0, 2 / 3, 1 / 3], [0, 0, 0], [1, 0, 0]], dtype=np.float32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_expected_recalls_by_hand():
+    p = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.25, 0.25, 0.0]])
+    top = np.array([[3, 0], [1, 2]])
+    exposure = np.array([1.0, 1.0, 0.0, 0.5])
+    full, exposed = expected_recalls(p, top, exposure)
+    # row 0: (0.4 + 0.1) / 1.0; exposed: (0.2 + 0.1) / (0.1 + 0.2 + 0 + 0.2)
+    # row 1: (0.25 + 0.25) / 1.0; exposed: 0.25 / (0.5 + 0.25)
+    np.testing.assert_allclose(full, [0.5, 0.5])
+    np.testing.assert_allclose(exposed, [0.6, 1 / 3])
+
+
+def test_slice_exposure_is_the_random_policy_over_the_test_days(tiny_dataset):
+    world = load_world(tiny_dataset)
+    cfg = world.config
+    got = slice_exposure(world)
+    want = np.zeros(world.n_items)
+    days = list(range(cfg.n_days - cfg.test_days, cfg.n_days))
+    for day in days:
+        for item in range(world.n_items):
+            if world.available(day)[item]:
+                want[item] += 1.0 / world.n_available(day) / len(days)
+    np.testing.assert_allclose(got, want)
+    assert got.sum() == pytest.approx(1.0)
