@@ -1,5 +1,6 @@
-"""Helpers shared by scripts/bench/retrieval_ceiling.py and retrieval_learner.py,
-against values computed by hand and a brute-force loop over the world's days."""
+"""Helpers shared by scripts/bench/retrieval_ceiling.py and retrieval_learner.py, and
+the random slice's exposure (ranking/metrics/retrieval_oracle.py), against values
+computed by hand and a brute-force loop over the world's days."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pyarrow as pa
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
-from retrieval_ceiling import category_shares, expected_recalls, slice_exposure  # noqa: E402
+from retrieval_ceiling import category_shares, expected_recalls  # noqa: E402
 
 from ranking.data.synthetic import load_world  # noqa: E402
+from ranking.metrics.retrieval_oracle import random_slice_exposure  # noqa: E402
 
 
 def test_category_shares_by_hand():
@@ -38,7 +40,7 @@ def test_expected_recalls_by_hand():
 def test_slice_exposure_is_the_random_policy_over_the_test_days(tiny_dataset):
     world = load_world(tiny_dataset)
     cfg = world.config
-    got = slice_exposure(world)
+    got = random_slice_exposure(world)
     want = np.zeros(world.n_items)
     days = list(range(cfg.n_days - cfg.test_days, cfg.n_days))
     for day in days:

@@ -261,7 +261,12 @@ def test_coverage_and_discovery_by_hand():
 
 def test_world_oracle_ranks_by_true_click_probability(tiny_dataset):
     from ranking.data.synthetic import load_world, oracle_probabilities
-    from ranking.metrics.retrieval_oracle import latent_interests, oracle_lists, world_reference
+    from ranking.metrics.retrieval_oracle import (
+        latent_interests,
+        oracle_lists,
+        random_slice_exposure,
+        world_reference,
+    )
 
     world = load_world(tiny_dataset)
     users = np.array([0, 5, 17])
@@ -282,7 +287,22 @@ def test_world_oracle_ranks_by_true_click_probability(tiny_dataset):
             if c >= 0 and not e
         }
         assert set(np.flatnonzero(todo[j]).tolist()) == latent and latent
-    assert world_reference(tiny_dataset) is not None
+    assert got.exposed_mass is None and got.best_exposed_mass is None
+    # exposure-weighted shares: brute force over users and items
+    exposure = np.random.default_rng(3).random(world.n_items)
+    exposure[corpus[3]] = 0.0  # an item the slice never shows
+    weighted = oracle_lists(world, users, corpus, 7, lists, exposure)
+    assert np.array_equal(weighted.best, want)  # the oracle still ranks by P(click)
+    for j in range(len(users)):
+        w = [p[j, r] * exposure[corpus[r]] for r in range(len(corpus))]
+        top = [list(corpus).index(i) for i in want[j]]
+        assert weighted.exposed_mass[j] == pytest.approx(sum(w[:7]) / sum(w))
+        assert weighted.best_exposed_mass[j] == pytest.approx(sum(w[r] for r in top) / sum(w))
+    reference = world_reference(tiny_dataset)
+    assert reference is not None
+    assert reference.slice_exposure("policy", 0.0) is None  # the logged slice
+    assert reference.slice_exposure("device", 1.0) is None
+    assert np.array_equal(reference.slice_exposure("policy", 1.0), random_slice_exposure(world))
     assert world_reference(tiny_dataset / "train") is None
 
 

@@ -109,6 +109,11 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
         for key in TEST_KEYS:
             value = metrics[f"{stage}/{key}"]
             assert 0.0 <= value <= 1.0, f"{stage}/{key} = {value}"
+        slice_keys = [f"{stage}/{m}slice_expected_recall@100" for m in ("", "oracle_")]
+        if stage == "test_random":  # the random slice's exposure: the world knows it
+            assert all(0.0 < metrics[key] <= 1.0 for key in slice_keys)
+        else:
+            assert not any(key in metrics for key in slice_keys)
         table = module.last_tables[stage]
         assert table["decile"] == list(range(10))
         assert sum(table["items"]) == 240  # the tiny corpus

@@ -191,6 +191,7 @@ class RetrievalModule(FusedTables):
         items: torch.Tensor,
         ids: torch.Tensor,
         reference: Reference | None = None,
+        exposure: np.ndarray | None = None,
     ) -> RetrievalReport:
         counts = self.counts
         return evaluator.compute(
@@ -202,6 +203,7 @@ class RetrievalModule(FusedTables):
             reference=reference,
             tail_share=self.tail_share,
             long_tail_k=self.long_tail_k,
+            exposure=exposure,
         )
 
     def _report(self, stage: str, report: RetrievalReport) -> None:
@@ -260,7 +262,10 @@ class RetrievalModule(FusedTables):
             for batch in dm.slice_dataloader("test", column, value):
                 keep = self.task.positives(batch.labels)
                 evaluator.add_positives(batch.user_ids[keep], batch.item_ids[keep])
-            self._report(stage, self._evaluate(evaluator, items, ids, reference))
+            exposure = None
+            if reference is not None and reference.slice_exposure is not None:
+                exposure = reference.slice_exposure(column, value)
+            self._report(stage, self._evaluate(evaluator, items, ids, reference, exposure))
         self.evaluator = None
 
     def _reference(self, dm: Any) -> Reference | None:

@@ -28,6 +28,13 @@ averaged over users:
   were shown the whole corpus uniformly. It needs no logged positive, so it has
   none of their sampling noise (the random-exposure slice of a log is small);
   ``oracle_expected_recall@k`` is its ceiling
+- ``slice_expected_recall@k`` (a slice of the split whose exposure the
+  reference knows, e.g. the synthetic random-exposure slice): the same share
+  with each item's click probability weighted by its exposure probability in
+  the slice, i.e. the expected value of the slice's ``recall@k`` without its
+  sampling noise; ``oracle_slice_expected_recall@k`` is the same for the
+  reference's top k (which ranks by click probability alone, so it can be beaten
+  by a ranking that knows which items the slice cannot show)
 
 Recall by popularity decile (a table): corpus items sorted by train exposures
 (ascending, ties by id) and cut into ten equal deciles (0 = least exposed); per
@@ -236,11 +243,15 @@ class OracleLists:
         mass: float [U] share of each user's true click probability (summed over
             the corpus) that the given lists hold (NaN if unknown).
         best_mass: float [U] the same share for ``best``.
+        exposed_mass, best_exposed_mass: float [U] the same two shares with each
+            item's probability weighted by an exposure (None unless asked for).
     """
 
     best: np.ndarray
     mass: np.ndarray
     best_mass: np.ndarray
+    exposed_mass: np.ndarray | None = None
+    best_exposed_mass: np.ndarray | None = None
 
 
 @dataclass
@@ -249,16 +260,20 @@ class Reference:
     interests a user has yet to discover.
 
     Attributes:
-        rank: (user ids [U], corpus item ids [N], k, lists int [U, k] item ids)
-            -> :class:`OracleLists`.
+        rank: (user ids [U], corpus item ids [N], k, lists int [U, k] item ids,
+            exposure float [num_items] or None) -> :class:`OracleLists` (with the
+            exposure-weighted shares when an exposure is given).
         item_group: int [num_items] group of each item id (e.g. its category), or None.
         user_groups: user ids [U] -> bool [U, G], the groups each user has yet to
             discover, or None.
     """
 
-    rank: Callable[[np.ndarray, np.ndarray, int, np.ndarray], OracleLists]
+    rank: Callable[..., OracleLists]
     item_group: np.ndarray | None = None
     user_groups: Callable[[np.ndarray], np.ndarray] | None = None
+    #: (column, value) of a slice of the test split -> float [num_items] exposure
+    #: probability of each item id in that slice, or None if unknown.
+    slice_exposure: Callable[[str, float], np.ndarray | None] | None = None
 
 
 @dataclass
@@ -335,6 +350,7 @@ class FullCorpusEvaluator:
         reference: Reference | None = None,
         tail_share: float = 0.8,
         long_tail_k: int = 100,
+        exposure: np.ndarray | None = None,
     ) -> RetrievalReport:
         """Score every evaluated user against the corpus.
 
@@ -346,6 +362,8 @@ class FullCorpusEvaluator:
                 ranking (e.g. train positives).
             reference: enables the ``oracle_*`` and ``discovery`` metrics.
             long_tail_k: the k of tail recall, coverage, discovery, deciles, oracle.
+            exposure: float [num_items] exposure probability of each item id in the
+                evaluated rows (with ``reference``): enables ``slice_expected_recall``.
         """
         pairs = self.positive_pairs()
         users, starts, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
@@ -373,12 +391,18 @@ class FullCorpusEvaluator:
                 hits, topk, pairs[:, 1], ranks, exposures, len(corpus_ids), k
             )
         if reference is not None and len(users):
-            oracle = reference.rank(users, corpus_ids, k, topk[:, :k])
+            if exposure is None:
+                oracle = reference.rank(users, corpus_ids, k, topk[:, :k])
+            else:
+                oracle = reference.rank(users, corpus_ids, k, topk[:, :k], exposure=exposure)
             best = oracle.best
             best_hits = np.isin(users[:, None] * span + best, pos_keys)
             out[f"oracle_recall@{k}"] = float(np.mean(best_hits.sum(axis=1) / counts))
             out[f"expected_recall@{k}"] = float(np.mean(oracle.mass))
             out[f"oracle_expected_recall@{k}"] = float(np.mean(oracle.best_mass))
+            if oracle.exposed_mass is not None and oracle.best_exposed_mass is not None:
+                out[f"slice_expected_recall@{k}"] = float(np.mean(oracle.exposed_mass))
+                out[f"oracle_slice_expected_recall@{k}"] = float(np.mean(oracle.best_exposed_mass))
             if reference.item_group is not None and reference.user_groups is not None:
                 groups = reference.user_groups(users)
                 out[f"discovery@{k}"] = discovery(topk, k, reference.item_group, groups)

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ranking.data.synthetic import world as W
+from ranking.metrics.retrieval_oracle import random_slice_exposure
 
 K = 100
 USERS_PER_CHUNK = 256
@@ -101,14 +102,6 @@ def category_shares(hist: pa.ChunkedArray | pa.Array, n_cat: int) -> np.ndarray:
     rows = np.repeat(np.arange(len(lengths)), lengths)
     np.add.at(out, (rows, values[offsets[0] : offsets[-1]]), 1.0)
     return (out / np.maximum(lengths, 1)[:, None]).astype(np.float32)
-
-
-def slice_exposure(world: W.World) -> np.ndarray:
-    """float64 [I]: each item's exposure probability per random-policy slot,
-    averaged over the test days (uniform over the items available that day)."""
-    cfg = world.config
-    days = range(cfg.n_days - cfg.test_days, cfg.n_days)
-    return sum(world.available(day) / world.n_available(day) for day in days) / len(days)
 
 
 def expected_recalls(
@@ -237,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "| slice-expected recall@100 | ratio |"
     )
     print("|---|---|---|---|---|---|---|")
-    exposure = slice_exposure(world)
+    exposure = random_slice_exposure(world)
     oracle = None
     for name, rank in rankers.items():
         recall, mass, slice_mass = [], [], []

@@ -46,10 +46,10 @@ from retrieval_ceiling import (  # scripts/bench/retrieval_ceiling.py (this scri
     expected_recalls,
     query_rows,
     random_slice_positives,
-    slice_exposure,
 )
 
 from ranking.data.synthetic import world as W
+from ranking.metrics.retrieval_oracle import random_slice_exposure
 
 USER_COLUMNS = ["gender", "age_bucket", "device", "city_tier"]
 TERMS = ("interests", "profile", "device_x_type", "price", "taste")
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.run:
         rankers[f"run {run}"] = _run_scorer(run, users)
 
-    exposure = slice_exposure(world)
+    exposure = random_slice_exposure(world)
     oracle_top, oracle_p = [], []
     print(
         f"{args.data}: {len(users)} users, {sum(map(len, positives))} random-exposure test clicks"
