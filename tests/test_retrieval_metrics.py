@@ -187,7 +187,8 @@ def test_long_tail_and_oracle_metrics_match_brute_force(exclude):
     todo = {u: {g for g in range(n_groups) if todo_mask[u, g]} for u in range(n_users)}
     excluded = {(r[0], r[3]) for r in rows[:150]} if exclude else set()
 
-    def rank(users, corpus_ids, kk, lists):
+    def rank(users, corpus_ids, kk, lists, exposure):
+        assert exposure is None  # no slice exposure given to compute()
         p = truth[users][:, corpus_ids]
         order = np.lexsort((np.tile(np.arange(len(corpus_ids)), (len(users), 1)), -p), axis=1)
         best = corpus_ids[order[:, :kk]]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ranking.data.datamodule import RecDataModule
-from ranking.models.two_tower import TwoTower, position_key
+from ranking.models.two_tower import TwoTower
+from ranking.modules.fused_embedding import position_key
 from ranking.modules.sequence_pooling import AttentionPooling
 from ranking.schema import Kind, Side
 from ranking.serving.convert import flat_inputs, user_tower_predictor

@@ -268,7 +268,7 @@ class Reference:
             discover, or None.
     """
 
-    rank: Callable[..., OracleLists]
+    rank: Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray | None], OracleLists]
     item_group: np.ndarray | None = None
     user_groups: Callable[[np.ndarray], np.ndarray] | None = None
     #: (column, value) of a slice of the test split -> float [num_items] exposure
@@ -391,10 +391,7 @@ class FullCorpusEvaluator:
                 hits, topk, pairs[:, 1], ranks, exposures, len(corpus_ids), k
             )
         if reference is not None and len(users):
-            if exposure is None:
-                oracle = reference.rank(users, corpus_ids, k, topk[:, :k])
-            else:
-                oracle = reference.rank(users, corpus_ids, k, topk[:, :k], exposure=exposure)
+            oracle = reference.rank(users, corpus_ids, k, topk[:, :k], exposure)
             best = oracle.best
             best_hits = np.isin(users[:, None] * span + best, pos_keys)
             out[f"oracle_recall@{k}"] = float(np.mean(best_hits.sum(axis=1) / counts))

@@ -35,7 +35,7 @@ def world_reference(dataset_dir: str | Path) -> Reference | None:
         return random_slice_exposure(world) if random else None
 
     return Reference(
-        rank=lambda users, corpus_ids, k, lists, exposure=None: oracle_lists(
+        rank=lambda users, corpus_ids, k, lists, exposure: oracle_lists(
             world, users, corpus_ids, k, lists, exposure
         ),
         item_group=world.item_l2(),

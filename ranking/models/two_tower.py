@@ -12,16 +12,16 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from ranking.data.batch import Batch
 from ranking.models.tower_head import TowerHead
 from ranking.modules.embedding import feature_dims
-from ranking.modules.fused_embedding import collection_from_configs, is_fused, lookup
+from ranking.modules.fused_embedding import (
+    collection_from_configs,
+    is_fused,
+    lookup,
+    position_key,
+)
 from ranking.modules.sequence_pooling import AttentionPooling
 from ranking.schema import Feature, Kind, Schema, Side
 
 POOLINGS = ("mean", "attention")
-
-
-def position_key(feature: str, position: int) -> str:
-    """Key of one position of an attention-pooled sequence in the embedding collection."""
-    return f"{feature}#{position}"
 
 
 class TwoTower(nn.Module):

@@ -170,30 +170,29 @@ def fit(world: W.World, data: Path, args: argparse.Namespace) -> WorldForm:
 
 
 def _run_scorer(run: Path, users: np.ndarray) -> Callable[[slice], np.ndarray]:
-    """Scores [U, I] of a trained run's towers, queries from each user's earliest test row."""
+    """Scores [U, I] of a trained run's towers, each user queried from their
+    earliest test row by the evaluator's own bookkeeping (FullCorpusEvaluator)."""
     from omegaconf import OmegaConf
 
+    from ranking.metrics.retrieval import FullCorpusEvaluator
     from ranking.pipeline import build_datamodule, load_stage
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     dm = build_datamodule(cfg, Path(cfg.data.path))
     module = load_stage("retrieval", cfg, dm.schema, run)
-    first = {}
+    evaluator = FullCorpusEvaluator(module.num_users, module.model.out_dim)
     with torch.no_grad():
         for batch in dm.test_dataloader():
-            emb = module.model.encode_users(batch).numpy()
-            for r, (u, ts) in enumerate(
-                zip(batch.user_ids.tolist(), batch.time.tolist(), strict=True)
-            ):
-                if u not in first or ts < first[u][0]:
-                    first[u] = (ts, emb[r])
+            user = module.model.encode_users(batch)
+            none = torch.zeros(len(batch.user_ids), dtype=torch.bool)
+            evaluator.update(batch.user_ids, batch.time, user, batch.item_ids, none)
         item_emb, ids = [], []
         for batch in dm.corpus_dataloader():
             item_emb.append(module.model.encode_items(batch))
             ids.append(batch.item_ids)
     corpus = np.zeros((int(torch.cat(ids).max()) + 1, item_emb[0].shape[1]), dtype=np.float32)
     corpus[torch.cat(ids).numpy()] = torch.cat(item_emb).numpy()
-    queries = np.stack([first[int(u)][1] for u in users])
+    queries = evaluator.queries[users]
     return lambda rows: queries[rows] @ corpus.T
 
 
