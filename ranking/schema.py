@@ -12,6 +12,7 @@ Layout of the YAML file::
     labels: [click, purchase]                  # 0/1 columns; task names = column names
     oracle: {click: p_click, purchase: p_purchase}   # true probabilities, never features
     ignore: [policy, propensity]               # columns present but not used
+    availability: {from: available_from, to: available_to}   # optional, item corpus
     files: {train: train, valid: valid, test: test, items: items.parquet}
     features:
       user_id:   {side: user, kind: categorical, vocab_size: 5000, dim: 16}
@@ -24,6 +25,15 @@ A split entry names a Parquet file (``train.parquet``) or a folder of Parquet
 parts (``train/part-*.parquet``); ``.csv`` files are read too. ``items`` is the
 item corpus: one row per candidate item with the item id and every item-side
 feature.
+
+``availability`` (optional) names item-corpus columns bounding when an item can
+be shown, in the units of the time column: item i is a candidate at time t when
+``from_i <= t < to_i``; a null bound (or an omitted key) is unbounded. A live
+stream that has ended, or an item not released yet, is then never retrieved:
+evaluation ranks the items available during the evaluated period, the oracle
+too, and the serving bundle filters by request time
+(:mod:`ranking.data.availability`). Every logged row must fall inside its
+item's window (:mod:`ranking.data.validate`).
 
 Feature fields:
   side        user | item | context
@@ -135,6 +145,9 @@ class Schema:
     files: dict[str, str]
     features: tuple[Feature, ...]
     tables: dict[str, Table] = field(default_factory=dict)
+    #: ``from`` / ``to`` -> item-corpus column of the availability window (either or
+    #: both; empty: every item is always available)
+    availability: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ---- selection -------------------------------------------------------------
@@ -199,7 +212,7 @@ class Schema:
         cols = [self.item_id] + [
             f.name for f in self.features if f.side == Side.ITEM and f.name != self.item_id
         ]
-        return cols
+        return cols + [c for c in self.availability.values() if c not in cols]
 
     # ---- io --------------------------------------------------------------------
     @classmethod
@@ -260,6 +273,7 @@ class Schema:
             files=files,
             features=tuple(resolved),
             tables=tables,
+            availability=_parse_availability(raw.get("availability"), source),
             raw=raw,
         )
         _check_roles(schema, source)
@@ -267,6 +281,24 @@ class Schema:
 
     def to_dict(self) -> dict[str, Any]:
         return self.raw
+
+
+AVAILABILITY_KEYS = ("from", "to")
+
+
+def _parse_availability(spec: Any, source: str) -> dict[str, str]:
+    if spec is None:
+        return {}
+    where = f"{source}: availability"
+    if not isinstance(spec, dict) or not spec:
+        raise SchemaError(f"{where} must map 'from' and/or 'to' to item-corpus columns")
+    unknown = set(spec) - set(AVAILABILITY_KEYS)
+    if unknown:
+        raise SchemaError(f"{where}: unknown keys {sorted(unknown)} (use 'from' and/or 'to')")
+    out = {k: str(spec[k]) for k in AVAILABILITY_KEYS if k in spec}
+    if len(set(out.values())) < len(out):
+        raise SchemaError(f"{where}: 'from' and 'to' must be different columns")
+    return out
 
 
 def _parse_feature(name: str, spec: dict[str, Any], source: str) -> Feature:
@@ -383,11 +415,12 @@ def _check_roles(s: Schema, source: str) -> None:
         raise SchemaError(f"{source}: the item id must be item-side and the user id user-side")
     if not s.labels:
         raise SchemaError(f"{source}: 'labels' must name at least one label column")
-    roles = [*s.labels, *s.oracle.values(), *s.ignore, s.time]
+    roles = [*s.labels, *s.oracle.values(), *s.ignore, s.time, *s.availability.values()]
     for c in roles:
         if c in names:
             raise SchemaError(
-                f"{source}: column {c!r} is a feature and also a label/oracle/ignored/time column"
+                f"{source}: column {c!r} is a feature and also a "
+                "label/oracle/ignored/time/availability column"
             )
     for task in s.oracle:
         if task not in s.labels:

@@ -150,3 +150,39 @@ def test_recommend_unknown_user_is_a_clear_error(bundle, capsys):
 
     assert main(["--bundle", str(bundle), "--users", "999999"]) == 2
     assert "user id 999999 is not in the bundle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_recommend_at_a_time_serves_only_the_items_available_then(bundle, kind, capsys):
+    from ranking.serving.index import IndexConfig, build_index
+    from ranking.serving.recommend import Recommender, main
+
+    rec = Recommender(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["index"]["availability"]["file"] == "item_availability.npz"
+    start, end = rec.windows
+    emb = np.load(bundle / "item_embeddings.npy")
+    if kind != "flat":
+        rec.index = build_index(emb, IndexConfig(type=kind, nlist=8, nprobe=8))[0]
+    at = int(start[start > np.iinfo(np.int64).min].max())  # the last release: many streams ended
+    available = (start <= at) & (at < end)
+    assert 0.2 < available.mean() < 0.95
+    users = rec.user_sorted[:20].tolist()
+    rows = torch.from_numpy(rec.user_rows(users))
+    with torch.no_grad():
+        query = rec.user_tower({k: v[rows] for k, v in rec.users.items()}).numpy()
+    k = rec.retrieve_k
+    unfiltered = rec._search(query, k, None)
+    assert not available[unfiltered].all()  # the filter has something to remove
+    got = rec._search(query, k, rec.available_rows(at))
+    assert (got >= 0).all() and available[got].all()
+    if kind == "flat":  # exact: the top k of the available items, by brute force
+        scores = np.where(available[None, :], query @ emb.T, -np.inf)
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+    servable = set(rec.item_ids[available].tolist())
+    for line in rec.recommend(users, 5, at=at):
+        assert len(line["items"]) == 5 and set(line["items"]) <= servable
+    assert main(["--bundle", str(bundle), "--users", *map(str, users[:3]), "--at", str(at)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 3 and all(set(x["items"]) <= servable for x in lines)

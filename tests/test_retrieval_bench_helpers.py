@@ -12,7 +12,11 @@ import pyarrow as pa
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
-from retrieval_ceiling import category_shares, expected_recalls  # noqa: E402
+from retrieval_ceiling import (  # noqa: E402
+    category_shares,
+    corpus_of_test_days,
+    expected_recalls,
+)
 
 from ranking.data.synthetic import load_world  # noqa: E402
 from ranking.metrics.retrieval_oracle import random_slice_exposure  # noqa: E402
@@ -49,3 +53,19 @@ def test_slice_exposure_is_the_random_policy_over_the_test_days(tiny_dataset):
                 want[item] += 1.0 / world.n_available(day) / len(days)
     np.testing.assert_allclose(got, want)
     assert got.sum() == pytest.approx(1.0)
+
+
+def test_bench_corpus_is_the_evaluators_corpus_of_the_test_split(tiny_dataset):
+    """The scripts' corpus (items available on a test day) is what the evaluator ranks:
+    the items whose availability window meets the test rows' [earliest, latest] time."""
+    import pyarrow.dataset as pads
+
+    from ranking.data.availability import read_windows
+    from ranking.schema import Schema
+
+    world = load_world(tiny_dataset)
+    ts = pads.dataset(tiny_dataset / "test").to_table(columns=["ts"])["ts"].to_numpy()
+    evaluated = read_windows(Schema.load(tiny_dataset)).during(int(ts.min()), int(ts.max()))
+    got = corpus_of_test_days(world)
+    np.testing.assert_array_equal(got, evaluated[: world.n_items])
+    assert 0 < (~got).sum() < world.n_items / 2  # some items ended or are not released yet

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ranking.data.availability import ItemWindows
 from ranking.metrics.retrieval import (
     FullCorpusEvaluator,
     OracleLists,
@@ -322,3 +323,45 @@ def test_tail_recall_by_hand_skips_users_without_tail_positives():
     assert tail_recall(hits, topk, pair_users, pair_items, is_tail, k=1) == pytest.approx(
         (1 / 2 + 0) / 2
     )
+
+
+def test_availability_windows_restrict_the_corpus_for_model_and_oracle():
+    """With windows, compute() ranks exactly the items whose window meets the rows'
+    [earliest, latest] time (a brute-force loop over items), for the model and the
+    reference; the result equals compute() on that sub-corpus without windows."""
+    rng = np.random.default_rng(11)
+    n_users, n_items, dim, k = 9, 40, 4, 5
+    item_ids = rng.permutation(80)[:n_items]
+    item_emb = rng.normal(size=(n_items, dim)).astype(np.float32)
+    rows = _random_log(rng, n_users, item_ids, dim, n_rows=200)
+    lo, hi = min(r[1] for r in rows), max(r[1] for r in rows)
+    start = rng.integers(-5_000, 15_000, size=80)
+    end = start + rng.integers(1, 8_000, size=80)
+    start[item_ids[:3]], end[item_ids[:3]] = hi, hi + 1  # starts at the last row: kept
+    start[item_ids[3:6]], end[item_ids[3:6]] = lo - 10, lo  # ends at the first row: dropped
+    windows = ItemWindows(start, end)
+    keep = np.array([start[i] <= hi and end[i] > lo for i in item_ids])
+    assert keep[:3].all() and not keep[3:6].any() and 5 < keep.sum() < n_items - 5
+    # validated data has no positive on an unavailable item: make those rows negatives
+    available = dict(zip(item_ids.tolist(), keep.tolist(), strict=True))
+    rows = [(*r[:4], r[4] and available[r[3]]) for r in rows]
+    seen = []
+
+    def rank(users, corpus_ids, kk, lists, exposure):
+        seen.append(np.sort(corpus_ids))
+        p = np.ones((len(users), len(corpus_ids)))
+        return OracleLists(np.tile(corpus_ids[:kk], (len(users), 1)), p[:, 0], p[:, 0])
+
+    reference = Reference(rank)
+    ev = FullCorpusEvaluator(num_users=n_users, dim=dim)
+    _feed(ev, rows)
+    assert ev.span == [lo, hi]
+    assert ev.sharing_queries().span == ev.span
+    emb, ids = torch.from_numpy(item_emb), torch.from_numpy(item_ids)
+    got = ev.compute(emb, ids, ks=(k,), long_tail_k=k, reference=reference, windows=windows)
+    want = ev.compute(emb[keep], ids[keep], ks=(k,), long_tail_k=k, reference=reference)
+    assert got.metrics == want.metrics
+    assert got.metrics["corpus_items"] == keep.sum()
+    np.testing.assert_array_equal(seen[0], np.sort(item_ids[keep]))
+    full = ev.compute(emb, ids, ks=(k,), long_tail_k=k)
+    assert full.metrics["corpus_items"] == n_items

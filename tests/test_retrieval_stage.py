@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
+from ranking.data.availability import read_windows
 from ranking.data.datamodule import RecDataModule
 from ranking.data.retrieval_stats import item_counts
 from ranking.pipeline import train_stage
@@ -105,7 +106,13 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
         module, metrics = train_stage("retrieval", cfg, tiny_dataset, tracker, tmp_path)
     if tracked:  # the default: fused SGD tables
         assert module.model.fused and module.sparse_lr == cfg.retrieval.optimizer.sparse.lr
+    # the corpus ranked at test: the items whose availability window meets the test rows
+    ts = pads.dataset(tiny_dataset / "test").to_table(columns=["ts"])["ts"].to_numpy()
+    windows = read_windows(module.trainer.datamodule.schema)
+    corpus = int(windows.during(int(ts.min()), int(ts.max())).sum())
+    assert 150 < corpus < 240  # of the tiny world's 240 items: some ended, some not released
     for stage in ("test", "test_random"):
+        assert metrics[f"{stage}/corpus_items"] == corpus
         for key in TEST_KEYS:
             value = metrics[f"{stage}/{key}"]
             assert 0.0 <= value <= 1.0, f"{stage}/{key} = {value}"
@@ -116,7 +123,7 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
             assert not any(key in metrics for key in slice_keys)
         table = module.last_tables[stage]
         assert table["decile"] == list(range(10))
-        assert sum(table["items"]) == 240  # the tiny corpus
+        assert sum(table["items"]) == corpus
     if not tracked:
         assert int(module.task.frequency.step) > 0  # the estimator saw the training steps
         assert module.trainer.datamodule.train_filter == ("click", 1.0, 0.5)

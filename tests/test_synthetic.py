@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ranking.data.availability import read_windows
 from ranking.data.synthetic import (
     SyntheticConfig,
     benchmark_config,
@@ -23,6 +24,8 @@ from ranking.data.synthetic import (
     oracle_probabilities,
 )
 from ranking.data.synthetic.simulate import RingBuffer, ragged
+from ranking.data.synthetic.world import CONTENT_TYPES
+from ranking.data.validate import validate_dataset
 from ranking.schema import SPLITS, Kind, Schema
 
 # Small enough for brute force, big enough for every split to hold random rows;
@@ -255,7 +258,7 @@ def _expected_type(schema: Schema, col: str) -> pa.DataType:
         return pa.int8()
     if col in schema.oracle.values():
         return pa.float32()
-    if col == schema.time:
+    if col == schema.time or col in schema.availability.values():
         return pa.int64()
     ignored = {
         "policy": pa.int8(),
@@ -334,8 +337,8 @@ def test_item_and_user_tables_match_the_rows(small: tuple[Path, Schema], log: pa
     items = pq.read_table(out / "items.parquet")
     assert _np(items, "item_id").tolist() == list(range(SMALL["n_items"]))
     item = _np(log, "item_id")
-    for col in schema.item_columns:
-        assert np.array_equal(_np(items, col)[item], _np(log, col)), col
+    for f in schema.select(sides=(schema.feature("item_id").side,)):
+        assert np.array_equal(_np(items, f.name)[item], _np(log, f.name)), f.name
     users = pq.read_table(out / "users.parquet")
     user = _np(log, "user_id")
     for col in ("age_bucket", "gender", "city_tier", "device", "activity"):
@@ -343,6 +346,33 @@ def test_item_and_user_tables_match_the_rows(small: tuple[Path, Schema], log: pa
 
 
 # ---- policies -----------------------------------------------------------------------------
+def test_availability_windows_match_the_world_and_every_row(
+    small: tuple[Path, Schema], log: pa.Table
+) -> None:
+    """The corpus's windows hold exactly the world's available days (brute force over
+    days and items), never-ending items have a null end, every logged row lies in its
+    item's window, and validation accepts the dataset with the windows declared."""
+    out, schema = small
+    assert schema.availability == {"from": "available_from", "to": "available_to"}
+    world = load_world(out)
+    windows = read_windows(schema)
+    start_ts = world.config.start_ts
+    for day in range(-world.config.history_days, world.config.n_days):
+        lo, hi = start_ts + day * 86_400, start_ts + (day + 1) * 86_400 - 1
+        for t in (lo, hi):
+            np.testing.assert_array_equal(windows.at(t), world.available(day), err_msg=str(t))
+        np.testing.assert_array_equal(windows.during(lo, hi), world.available(day))
+    items = pq.read_table(out / schema.files["items"])
+    never_ends = items["available_to"].is_null().to_numpy(zero_copy_only=False)
+    live = items["content_type"].to_numpy() == CONTENT_TYPES.index("live_stream")
+    assert never_ends.any() and not never_ends[live].any()
+    ends = windows.end[~never_ends] - windows.start[~never_ends]
+    assert (ends == world.config.live_window_days * 86_400).any()  # live streams end
+    item, ts = _np(log, "item_id"), _np(log, "ts")
+    assert np.all((windows.start[item] <= ts) & (ts < windows.end[item]))
+    validate_dataset(schema)
+
+
 def _request_starts(log: pa.Table) -> np.ndarray:
     req = _np(log, "request_id")
     return np.flatnonzero(np.r_[True, req[1:] != req[:-1]])

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from ranking.data.availability import OPEN_END, OPEN_START, read_windows
 from ranking.data.errors import EXIT_BAD_INPUT, DataError, main_guard
 from ranking.data.files import iter_record_batches
 from ranking.data.validate import validate_dataset
@@ -579,3 +580,95 @@ def test_million_row_split_is_validated_in_batches(root: Path) -> None:
     flat = cols["hist_items"].flatten().to_numpy()
     first_row = int(np.searchsorted(offsets, np.flatnonzero(flat >= N_ITEMS)[0], side="right") - 1)
     expect_error(root, "train.parquet", "hist_items", first_row, "beyond", splits=("train",))
+
+
+# ---- check 7: availability windows ------------------------------------------------------
+
+T0 = 1_700_000_000  # split_columns' first ts; row i of seed s is at T0 + 60 (i + s)
+
+
+def with_windows(root: Path, start: list, end: list, schema_extra: Any = None) -> None:
+    """The tiny dataset with ``availability`` declared and the corpus's windows set."""
+    write_schema(root, {**SCHEMA, "availability": schema_extra or {"from": "from", "to": "to"}})
+    write_parquet(root / "items.parquet", {**items_columns(), "from": start, "to": end})
+
+
+def test_availability_windows_pass_and_are_read_by_item_id(root: Path) -> None:
+    # Item 0 ends after every logged row; item 1 has no start; the rest are unbounded.
+    start = [T0, None] + [None] * (N_ITEMS - 2)
+    end = [T0 + 10_000, T0 + 10_000] + [None] * (N_ITEMS - 2)
+    with_windows(root, start, end)
+    report = validate(root)
+    assert report["items"] == N_ITEMS
+    assert report["undeclared_columns"]["items"] == ["title"]  # the window columns are declared
+    windows = read_windows(Schema.load(root))
+    assert windows.start[0] == T0 and windows.start[1] == OPEN_START
+    assert windows.end[:2].tolist() == [T0 + 10_000] * 2 and windows.end[2] == OPEN_END
+    assert windows.at(T0 + 10_000).tolist() == [False, False] + [True] * (N_ITEMS - 2)
+    assert windows.during(T0 - 5, T0 - 1).tolist() == [False] + [True] * (N_ITEMS - 1)
+    assert windows.during(T0 - 5, T0).all()
+
+
+def test_only_one_bound_may_be_declared(root: Path) -> None:
+    write_schema(root, {**SCHEMA, "availability": {"to": "to"}})
+    write_parquet(root / "items.parquet", {**items_columns(), "to": [T0 + 10_000] * N_ITEMS})
+    validate(root)
+    windows = read_windows(Schema.load(root))
+    assert (windows.start == OPEN_START).all() and (windows.end == T0 + 10_000).all()
+
+
+def test_empty_availability_window(root: Path) -> None:
+    start = [T0] * N_ITEMS
+    end = with_values({"to": [T0 + 10_000] * N_ITEMS}, "to", r7=T0)["to"]
+    with_windows(root, start, end)
+    err = expect_error(root, "items.parquet", "to", 7, "empty availability window", batch_rows=3)
+    assert err.value == T0
+
+
+def test_logged_row_outside_its_items_window(root: Path) -> None:
+    # train.parquet row 5 is at T0 + 300 and shows item (3 * 5) % 12 = 3.
+    start = [T0] * N_ITEMS
+    end = with_values({"to": [T0 + 10_000] * N_ITEMS}, "to", r3=T0 + 300)["to"]
+    with_windows(root, start, end)
+    err = expect_error(
+        root, "train.parquet", "ts", 5, r"item 3 is not available .* is \[1700000000, 1700000300\)"
+    )
+    assert err.value == T0 + 300
+    assert "items.parquet columns from/to" in str(err)
+
+
+def test_availability_bound_of_a_wrong_type(root: Path) -> None:
+    with_windows(root, [f"{i}" for i in range(N_ITEMS)], [None] * N_ITEMS)
+    expect_error(root, "items.parquet", "from", None, "availability bound needs an integer")
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ({"from": "from", "until": "to"}, "unknown keys"),
+        ({"from": "t", "to": "t"}, "different columns"),
+        ({"from": "price"}, "is a feature and also"),
+        ([], "must map"),
+    ],
+)
+def test_availability_schema_errors(root: Path, spec: Any, text: str) -> None:
+    write_schema(root, {**SCHEMA, "availability": spec})
+    with pytest.raises(SchemaError, match=text):
+        Schema.load(root)
+
+
+def test_csv_corpus_with_windows(root: Path) -> None:
+    write_schema(
+        root,
+        {
+            **SCHEMA,
+            "availability": {"from": "from", "to": "to"},
+            "files": {**SCHEMA["files"], "items": "items.csv"},
+        },
+    )
+    cols = {**items_columns(), "from": [T0] * N_ITEMS, "to": [None] * (N_ITEMS - 1) + [T0 + 1]}
+    write_csv(root / "items.csv", cols)
+    # item 11's window ends at T0 + 1; no split row shows it (items are 3i mod 12)
+    validate(root)
+    windows = read_windows(Schema.load(root))
+    assert windows.end[11] == T0 + 1 and windows.end[10] == OPEN_END

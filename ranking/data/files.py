@@ -88,7 +88,8 @@ def csv_column_types(schema: Schema) -> dict[str, pa.DataType]:
     Ids with a vocabulary are int64; hashed values are strings (CSV cannot say
     whether ``"123"`` is a number or a code, and the two hash differently, so text
     is the only stable reading); lists are lists of those; dense values, labels
-    and oracle probabilities are float64; the time column is int64.
+    and oracle probabilities are float64; the time column and the availability
+    bounds are int64.
     """
     types: dict[str, pa.DataType] = {}
     for f in schema.features:
@@ -99,7 +100,8 @@ def csv_column_types(schema: Schema) -> dict[str, pa.DataType]:
         types[f.name] = pa.list_(scalar) if f.is_list else scalar
     for c in (*schema.labels, *schema.oracle.values()):
         types[c] = pa.float64()
-    types[schema.time] = pa.int64()
+    for c in (schema.time, *schema.availability.values()):
+        types[c] = pa.int64()
     return types
 
 

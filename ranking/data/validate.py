@@ -23,7 +23,11 @@ and across files:
 4. a split folder holds files and a split has rows;
 5. item ids are unique in the corpus and every item id of a split is in it;
 6. a hashed table's raw values are all integers or all strings (they hash
-   differently, so a mix would silently split one value into two rows).
+   differently, so a mix would silently split one value into two rows);
+7. with ``availability`` in the schema: each corpus window is non-empty
+   (``from < to`` where both are set) and every row of a split lies in its
+   item's window (``from <= time < to``): a click on an item the data says
+   could not be shown means the window or the time column is wrong.
 
 All value checks are vectorised (pyarrow.compute / numpy per record batch).
 """
@@ -40,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ranking.data.availability import OPEN_END, OPEN_START, ItemWindows, read_windows, ticks
 from ranking.data.errors import NO_VALUE, DataError
 from ranking.data.files import (
     DEFAULT_BATCH_ROWS,
@@ -63,6 +68,7 @@ class Role(enum.StrEnum):
     LABEL = "label"
     ORACLE = "oracle"
     TIME = "time"
+    AVAILABILITY = "availability"  # a bound of the item corpus's availability window
 
 
 @dataclass(frozen=True)
@@ -76,9 +82,11 @@ class Column:
     def describe(self) -> str:
         f = self.feature
         if f is None:
-            return {Role.LABEL: "a label", Role.ORACLE: "an oracle probability"}.get(
-                self.role, "the time column"
-            )
+            return {
+                Role.LABEL: "a label",
+                Role.ORACLE: "an oracle probability",
+                Role.AVAILABILITY: "an availability bound",
+            }.get(self.role, "the time column")
         size = f"hash_buckets {f.hash_buckets}" if f.hashed else f"vocab_size {f.vocab_size}"
         return f"a {f.kind} feature" + ("" if f.kind == Kind.DENSE else f" ({size})")
 
@@ -93,6 +101,8 @@ class Problem:
 
 
 Check = Callable[[pa.Array, Column], "Problem | None"]
+#: A check across the columns of a batch: the first bad row and the column to blame.
+RowCheck = Callable[[pa.RecordBatch], "tuple[Problem, Column] | None"]
 
 
 # ---- public API ------------------------------------------------------------------
@@ -119,16 +129,26 @@ def validate_dataset(
     report: dict[str, Any] = {"rows": {}, "items": None, "undeclared_columns": {}}
     hash_kinds: dict[str, tuple[str, str]] = {}
     corpus = None
+    windows = None
     if check_items:
         corpus = _ItemCorpus(schema)
         extra = {schema.item_id: (corpus.add,)}
         report["items"] = _validate_split(
-            schema, ITEMS, schema.item_columns, extra, hash_kinds, batch_rows, report
+            schema,
+            ITEMS,
+            schema.item_columns,
+            extra,
+            hash_kinds,
+            batch_rows,
+            report,
+            _window_checks(schema),
         )
+        windows = read_windows(schema)
     for split in splits:
         extra = {schema.item_id: (corpus.check_known,)} if corpus else {}
+        rows = (_in_window(schema, windows),) if windows is not None else ()
         report["rows"][split] = _validate_split(
-            schema, split, schema.data_columns, extra, hash_kinds, batch_rows, report
+            schema, split, schema.data_columns, extra, hash_kinds, batch_rows, report, rows
         )
     return report
 
@@ -144,18 +164,19 @@ def _validate_split(
     hash_kinds: dict[str, tuple[str, str]],
     batch_rows: int,
     report: dict[str, Any],
+    row_checks: tuple[RowCheck, ...] = (),
 ) -> int:
     """Validate every file of a split; return its row count (zero rows is an error)."""
     columns = _columns(schema, names)
     plan = [(c, _VALUE_CHECKS[c.role] + extra.get(c.name, ())) for c in columns]
-    declared = set(schema.data_columns) | set(schema.ignore)
+    declared = set(schema.data_columns) | set(schema.ignore) | set(schema.availability.values())
     undeclared: set[str] = set()
     rows = 0
     for path in _split_files(schema, split):
         present = file_columns(path)
         _check_columns_present(path, split, present, columns)
         undeclared |= set(present) - declared
-        rows += _validate_file(path, schema, plan, hash_kinds, batch_rows)
+        rows += _validate_file(path, schema, plan, hash_kinds, batch_rows, row_checks)
     if undeclared:
         report["undeclared_columns"][split] = sorted(undeclared)
     if rows == 0:
@@ -185,6 +206,7 @@ def _validate_file(
     plan: list[tuple[Column, tuple[Check, ...]]],
     hash_kinds: dict[str, tuple[str, str]],
     batch_rows: int,
+    row_checks: tuple[RowCheck, ...] = (),
 ) -> int:
     names = [c.name for c, _ in plan]
     rows = 0
@@ -192,15 +214,20 @@ def _validate_file(
     for offset, batch in batches:
         if rows == 0:  # one schema per file: check the types once
             _check_dtypes(path, batch.schema, [c for c, _ in plan], hash_kinds)
-        _check_batch(path, offset, batch, plan)
+        _check_batch(path, offset, batch, plan, row_checks)
         rows += batch.num_rows
     return rows
 
 
 def _check_batch(
-    path: Path, offset: int, batch: pa.RecordBatch, plan: list[tuple[Column, tuple[Check, ...]]]
+    path: Path,
+    offset: int,
+    batch: pa.RecordBatch,
+    plan: list[tuple[Column, tuple[Check, ...]]],
+    row_checks: tuple[RowCheck, ...] = (),
 ) -> None:
-    """Run every check on the batch; raise for the earliest bad row (ties: schema order)."""
+    """Run every check on the batch; raise for the earliest bad row (ties: schema
+    order, then the cross-column checks)."""
     first: tuple[Problem, Column] | None = None
     for col, checks in plan:
         arr = _plain(batch.column(col.name))
@@ -208,6 +235,11 @@ def _check_batch(
             p = check(arr, col)
             if p is not None and (first is None or p.row < first[0].row):
                 first = (p, col)
+    if first is None or first[0].row > 0:
+        for row_check in row_checks:
+            found = row_check(batch)
+            if found is not None and (first is None or found[0].row < first[0].row):
+                first = found
     if first is not None:
         p, col = first
         raise DataError(p.what, path, column=col.name, row=offset + p.row, value=p.value)
@@ -269,6 +301,10 @@ _DTYPES: dict[Role, tuple[str, Callable[[pa.DataType], bool]]] = {
     ),
     Role.ORACLE: ("a float type", pa.types.is_floating),
     Role.TIME: ("an integer or timestamp type", lambda t: _is_int(t) or pa.types.is_timestamp(t)),
+    Role.AVAILABILITY: (
+        "an integer or timestamp type (the time column's units)",
+        lambda t: _is_int(t) or pa.types.is_timestamp(t),
+    ),
 }
 
 
@@ -314,7 +350,7 @@ def _is_float_or_list_of_float(t: pa.DataType) -> bool:
     return pa.types.is_floating(_unwrap(t.value_type) if _is_list(t) else t)
 
 
-# ---- check 3-5 and 8: values (table-driven) ---------------------------------------
+# ---- check 3: values (table-driven) ---------------------------------------
 
 
 def _check_present(arr: pa.Array, col: Column) -> Problem | None:
@@ -413,10 +449,56 @@ _VALUE_CHECKS: dict[Role, tuple[Check, ...]] = {
     Role.LABEL: (_check_binary,),
     Role.ORACLE: (_check_probability,),
     Role.TIME: (_check_present,),
+    Role.AVAILABILITY: (),  # null = unbounded; the window checks below
 }
 
 
-# ---- check 7: the item corpus ----------------------------------------------------
+# ---- check 7: availability windows -------------------------------------------------
+
+
+def _window_checks(schema: Schema) -> tuple[RowCheck, ...]:
+    """Corpus rows: a window with both bounds must be non-empty (``from < to``)."""
+    spec = schema.availability
+    if len(spec) < 2:
+        return ()
+    end = Column(spec["to"], Role.AVAILABILITY)
+
+    def check(batch: pa.RecordBatch) -> tuple[Problem, Column] | None:
+        lo = ticks(batch.column(spec["from"]), OPEN_START)
+        hi = ticks(batch.column(spec["to"]), OPEN_END)
+        i = _first_true(lo >= hi)
+        if i is None:
+            return None
+        what = f"empty availability window: {spec['to']} must be after {spec['from']} ({lo[i]})"
+        return Problem(i, what, int(hi[i])), end
+
+    return (check,)
+
+
+def _in_window(schema: Schema, windows: ItemWindows) -> RowCheck:
+    """Split rows: the row's time lies in its item's window."""
+    time = Column(schema.time, Role.TIME)
+    where = f"{schema.root / schema.files[ITEMS]} columns " + "/".join(schema.availability.values())
+
+    def check(batch: pa.RecordBatch) -> tuple[Problem, Column] | None:
+        items = ticks(batch.column(schema.item_id), 0)
+        t = ticks(batch.column(schema.time), 0)
+        items = np.clip(items, 0, len(windows.start) - 1)  # bad ids: the id checks' business
+        i = _first_true((t < windows.start[items]) | (t >= windows.end[items]))
+        if i is None:
+            return None
+        lo, hi = windows.start[items[i]], windows.end[items[i]]
+        shown = f"[{'-inf' if lo == OPEN_START else lo}, {'inf' if hi == OPEN_END else hi})"
+        what = (
+            f"item {int(items[i])} is not available at this time: its window is {shown} "
+            f"({where}); a logged row must lie inside its item's window"
+        )
+        return Problem(i, what, int(t[i])), time
+
+    return check
+
+
+# ---- check 5: the item corpus ----------------------------------------------------
 
 
 class _ItemCorpus:
@@ -479,6 +561,8 @@ def _columns(schema: Schema, names: Iterable[str]) -> list[Column]:
     for c in schema.oracle.values():
         roles[c] = Column(c, Role.ORACLE)
     roles[schema.time] = Column(schema.time, Role.TIME)
+    for c in schema.availability.values():
+        roles[c] = Column(c, Role.AVAILABILITY)
     return [roles[n] for n in names]
 
 

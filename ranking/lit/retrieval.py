@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
 
+from ranking.data.availability import ItemWindows, read_windows
 from ranking.data.batch import Batch
 from ranking.data.corpus_sampler import CorpusSampler
 from ranking.data.files import file_columns
@@ -37,7 +38,8 @@ class RetrievalModule(FusedTables):
     Validation and test stream their split through the user tower (one query
     per user, see :mod:`ranking.metrics.retrieval`), then embed the whole item
     corpus (``trainer.datamodule.corpus_dataloader()``) and score every user
-    against every item. Test also evaluates each configured slice of the test
+    against every item (only the items available during the split's period when
+    the schema declares availability windows). Test also evaluates each configured slice of the test
     split (e.g. ``test_random``: the synthetic log's random-exposure rows) with
     the same per-user queries and the slice's positives, and, on a dataset
     with a synthetic world, the oracle. Metric keys: ``valid/recall@100``,
@@ -102,6 +104,7 @@ class RetrievalModule(FusedTables):
         self.seed = seed
         self.evaluator: FullCorpusEvaluator | None = None
         self.counts: ItemCounts | None = None
+        self.windows: ItemWindows | None = None
         self.sampler: CorpusSampler | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_tables: dict[str, dict[str, list]] = {}
@@ -115,6 +118,7 @@ class RetrievalModule(FusedTables):
             self.counts = item_counts(
                 dm.schema, self.task.positive_label, "train", with_pairs=self.exclude_train
             )
+            self.windows = read_windows(dm.schema)
         if stage == "fit":
             self.task.set_item_counts(
                 torch.from_numpy(self.counts.positives), torch.from_numpy(self.counts.exposures)
@@ -204,6 +208,7 @@ class RetrievalModule(FusedTables):
             tail_share=self.tail_share,
             long_tail_k=self.long_tail_k,
             exposure=exposure,
+            windows=self.windows,
         )
 
     def _report(self, stage: str, report: RetrievalReport) -> None:

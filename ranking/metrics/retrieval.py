@@ -4,7 +4,11 @@ Protocol: each evaluated user is queried once, with the user features of the
 user's earliest row in the evaluated rows (the state before the period
 started); the user's positives are the distinct items with a positive label in
 those rows. Users without a positive are not evaluated. Every user is scored
-against every corpus item (chunked matrix products, :func:`topk_items`);
+against every corpus item (chunked matrix products, :func:`topk_items`); when
+the dataset declares availability windows
+(:class:`~ranking.data.availability.ItemWindows`), the corpus is the items
+available at some time between the earliest and the latest evaluated row, for
+the model and the oracle alike (``corpus_items`` is its size);
 optionally the items the user was positive on in train are excluded first
 (off by default: in the synthetic log, as on shopping feeds, a user clicks the
 same item again, and those re-clicks are legitimate positives). Metrics are
@@ -49,6 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ranking.data.availability import ItemWindows
 
 #: Scores held at once by :func:`topk_items` (floats): 32M = 128 MB, any corpus size.
 SCORE_BUDGET = 1 << 25
@@ -300,6 +306,8 @@ class FullCorpusEvaluator:
         self.first_ts = np.full(num_users, np.iinfo(np.int64).max, dtype=np.int64)
         self.queries = np.zeros((num_users, dim), dtype=np.float32)
         self.pairs: list[np.ndarray] = []
+        #: [earliest, latest] time of the evaluated rows (the period the corpus must cover)
+        self.span = [np.iinfo(np.int64).max, np.iinfo(np.int64).min]
 
     def update(
         self,
@@ -312,6 +320,8 @@ class FullCorpusEvaluator:
         """Args: user_ids [B], ts [B], user_emb [B, D], item_ids [B], positive bool [B]."""
         u = user_ids.cpu().numpy()
         t = ts.cpu().numpy()
+        if len(t):
+            self.span = [min(self.span[0], int(t.min())), max(self.span[1], int(t.max()))]
         order = np.lexsort((t, u))  # by user, then time
         first = order[np.unique(u[order], return_index=True)[1]]  # earliest row per user
         earlier = t[first] < self.first_ts[u[first]]
@@ -333,6 +343,7 @@ class FullCorpusEvaluator:
         same query per user."""
         other = FullCorpusEvaluator.__new__(FullCorpusEvaluator)
         other.first_ts, other.queries, other.pairs = self.first_ts, self.queries, []
+        other.span = self.span  # the same period (a slice's rows lie in it)
         return other
 
     def positive_pairs(self) -> np.ndarray:
@@ -351,6 +362,7 @@ class FullCorpusEvaluator:
         tail_share: float = 0.8,
         long_tail_k: int = 100,
         exposure: np.ndarray | None = None,
+        windows: ItemWindows | None = None,
     ) -> RetrievalReport:
         """Score every evaluated user against the corpus.
 
@@ -364,10 +376,16 @@ class FullCorpusEvaluator:
             long_tail_k: the k of tail recall, coverage, discovery, deciles, oracle.
             exposure: float [num_items] exposure probability of each item id in the
                 evaluated rows (with ``reference``): enables ``slice_expected_recall``.
+            windows: the items' availability; the corpus shrinks to the items
+                available during the evaluated rows' period (:attr:`span`).
         """
         pairs = self.positive_pairs()
         users, starts, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
         corpus_ids = item_ids.cpu().numpy().astype(np.int64)
+        if windows is not None and self.span[0] <= self.span[1]:
+            available = windows.during(*self.span)[corpus_ids]
+            corpus_ids = corpus_ids[available]
+            item_emb = item_emb[torch.from_numpy(available).to(item_emb.device)]
         k_max = max(*ks, long_tail_k)
         csr = _exclusion_csr(users, corpus_ids, exclude) if exclude is not None else None
         queries = torch.from_numpy(self.queries[users])
@@ -378,6 +396,7 @@ class FullCorpusEvaluator:
         pos_keys = pairs[:, 0] * span + pairs[:, 1]
         hits = np.isin(users[:, None] * span + topk, pos_keys)
         out = _from_hits(hits, counts.astype(np.float64), ks)
+        out["corpus_items"] = float(len(corpus_ids))
         k = long_tail_k
         pair_users = np.repeat(np.arange(len(users)), counts)  # pairs are sorted by user
         out[f"coverage@{k}"] = coverage(topk, k, len(corpus_ids))

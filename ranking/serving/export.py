@@ -17,6 +17,9 @@ Bundle layout (format version 2; ``ranking.serving.bundle`` opens it)::
     items.faiss          FAISS inner-product index over item_embeddings (row = corpus row;
                          exact, IVF or HNSW, see ranking.serving.index)
     item_features.npz    item-side ranker inputs per corpus row (same keys as the artifacts)
+    item_availability.npz  (datasets with availability windows) ``start``, ``end`` int64 [N]:
+                         corpus row i can be served at time t when start[i] <= t < end[i]
+                         (int64 min / max: unbounded), in the dataset's time units
     user_snapshot.npz    user-side inputs of every known user + ``user_ids`` (int64 [U])
 """
 
@@ -33,6 +36,7 @@ import faiss
 import numpy as np
 import torch
 
+from ranking.data.availability import OPEN_END, OPEN_START, read_windows
 from ranking.data.batch import Batch
 from ranking.models.dlrm import DLRM
 from ranking.models.two_tower import TwoTower
@@ -48,6 +52,7 @@ from ranking.serving.convert import (
 from ranking.serving.index import IndexConfig, build_index, measure_index, sample_rows
 
 FORMAT_VERSION = BUNDLE_FORMAT_VERSION  # ranking.serving.bundle reads it back
+AVAILABILITY_FILE = "item_availability.npz"
 
 
 def _stack_inputs(chunks: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
@@ -151,6 +156,9 @@ def export_bundle(
     np.save(out / "item_embeddings.npy", emb)
     np.save(out / "item_ids.npy", item_ids)
     np.savez(out / "item_features.npz", **items)
+    windows = read_windows(schema)
+    if windows is not None:
+        np.savez(out / AVAILABILITY_FILE, start=windows.start[item_ids], end=windows.end[item_ids])
 
     users = snapshot(schema, user_batches, (Side.USER,))
     users.pop("item_ids")
@@ -175,6 +183,7 @@ def export_bundle(
         n_users=len(users["user_ids"]),
         index_info=index_info,
         ranker_outputs=ranker.output_columns(),
+        availability=windows is not None,
     )
     write_artifacts(
         out,
@@ -210,6 +219,16 @@ def _sample_queries(
         return user_pred(inputs).float().numpy()
 
 
+def _availability_entry(schema: Schema) -> dict[str, Any]:
+    return {
+        "file": AVAILABILITY_FILE,
+        "rule": "corpus row i can be served at time t when start[i] <= t < end[i]",
+        "unbounded": {"start": int(OPEN_START), "end": int(OPEN_END)},
+        "time_units": f"those of the dataset's time column {schema.time!r}",
+        "columns": dict(schema.availability),
+    }
+
+
 def build_manifest(
     schema: Schema,
     dense_stats: dict[str, Any],
@@ -223,6 +242,7 @@ def build_manifest(
     n_users: int,
     index_info: dict[str, Any] | None = None,
     ranker_outputs: list[dict[str, Any]] | None = None,
+    availability: bool = False,
 ) -> dict[str, Any]:
     from ranking.hashing import DEFAULT_SEED
 
@@ -298,6 +318,7 @@ def build_manifest(
             **(index_info or {}),
             "row_to_item_id": "item_ids.npy",
             "embeddings": "item_embeddings.npy",
+            **({"availability": _availability_entry(schema)} if availability else {}),
         },
         "snapshots": {
             "items": {"file": "item_features.npz", "rows": n_items, "order": "item_ids.npy"},

@@ -5,9 +5,15 @@ runs it without our training stack. Pipeline per request batch:
 user snapshot -> user tower -> FAISS top-K -> ranker on the K candidates ->
 sort by the manifest's ``rank_by`` task -> top-N.
 
+With ``--at T`` (the request time, in the dataset's time units) and a bundle
+whose dataset declares availability windows (``item_availability.npz``), the
+FAISS search only visits the items available at T (an ``IDSelector``): an ended
+live stream or an item not released yet is never a candidate. Without ``--at``
+every item is a candidate.
+
 Example::
 
-    ranking-recommend --bundle runs/quickstart/bundle --users 0 1 2 --top-n 10
+    ranking-recommend --bundle runs/quickstart/bundle --users 0 1 2 --top-n 10 --at 1704844800
     {"user_id": 0, "items": [812, 33, ...], "scores": [0.21, 0.19, ...]}
 """
 
@@ -45,6 +51,11 @@ class Recommender:
         self.ranker_inputs = arts["ranker"]["inputs"]
         self.index = faiss.read_index(str(self.root / self.manifest["index"]["file"]))
         self.item_ids = np.load(self.root / self.manifest["index"]["row_to_item_id"])
+        #: (start, end) int64 [N] by corpus row, or None: every item always available
+        self.windows: tuple[np.ndarray, np.ndarray] | None = None
+        if "availability" in self.manifest["index"]:
+            with np.load(self.root / self.manifest["index"]["availability"]["file"]) as z:
+                self.windows = (z["start"], z["end"])
         with np.load(self.root / self.manifest["snapshots"]["items"]["file"]) as z:
             self.items = {k: torch.from_numpy(z[k]) for k in z.files}
         with np.load(self.root / self.manifest["snapshots"]["users"]["file"]) as z:
@@ -62,14 +73,43 @@ class Recommender:
             raise KeyError(f"user id {int(unknown[0])} is not in the bundle's user snapshot")
         return self.user_order[pos]
 
+    def available_rows(self, at: int | None) -> np.ndarray | None:
+        """int64 corpus rows servable at time ``at`` (None: no restriction)."""
+        if at is None or self.windows is None:
+            return None
+        start, end = self.windows
+        return np.flatnonzero((start <= at) & (at < end)).astype(np.int64)
+
+    def _search(self, query: np.ndarray, k: int, rows: np.ndarray | None) -> np.ndarray:
+        """[U, k] corpus rows of the top k, -1 where the index found fewer."""
+        if rows is None:
+            return self.index.search(query, k)[1]
+        selector = faiss.IDSelectorBatch(rows)
+        index = faiss.downcast_index(self.index)
+        if isinstance(index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+        elif isinstance(index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        return index.search(query, k, params=params)[1]
+
     @torch.no_grad()
-    def recommend(self, user_ids: list[int], top_n: int = 10) -> list[dict]:
+    def recommend(self, user_ids: list[int], top_n: int = 10, at: int | None = None) -> list[dict]:
+        """Top ``top_n`` items per user; with ``at``, only items available at that time
+        (fewer than ``top_n`` when fewer are available)."""
         rows = torch.from_numpy(self.user_rows(user_ids))
         user_inputs = {k: v[rows] for k, v in self.users.items()}
         query = self.user_tower(user_inputs).float().contiguous().numpy()
-        k = min(self.retrieve_k, self.index.ntotal)
-        _, cand = self.index.search(query, k)  # [U, K] corpus rows
+        servable = self.available_rows(at)
+        total = self.index.ntotal if servable is None else len(servable)
+        k = min(self.retrieve_k, total)
         n_users = len(user_ids)
+        if k == 0:
+            return [{"user_id": int(u), "items": [], "scores": []} for u in user_ids]
+        cand = self._search(query, k, servable)  # [U, K] corpus rows (-1: none found)
+        found = torch.from_numpy(cand >= 0)
+        cand = np.where(cand >= 0, cand, 0)
         flat = torch.from_numpy(cand.reshape(-1))
         inputs = {name: v.repeat_interleave(k, dim=0) for name, v in user_inputs.items()}
         inputs.update({name: v[flat] for name, v in self.items.items()})
@@ -84,15 +124,17 @@ class Recommender:
                     (n_users * k,), int(self.context_defaults[name]), dtype=torch.int64
                 )
         probs = self.ranker(inputs)[:, self.rank_col].reshape(n_users, k)
+        probs = probs.masked_fill(~found, -torch.inf)
         top = torch.topk(probs, min(top_n, k), dim=1)
         out = []
         for u in range(n_users):
-            picked = cand[u, top.indices[u].numpy()]
+            real = torch.isfinite(top.values[u]).numpy()
+            picked = cand[u, top.indices[u].numpy()[real]]
             out.append(
                 {
                     "user_id": int(user_ids[u]),
                     "items": [int(i) for i in self.item_ids[picked]],
-                    "scores": [round(float(s), 6) for s in top.values[u]],
+                    "scores": [round(float(s), 6) for s in top.values[u][real]],
                 }
             )
         return out
@@ -103,10 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", required=True, help="export bundle folder (has manifest.json)")
     parser.add_argument("--users", required=True, nargs="+", type=int, help="raw user ids")
     parser.add_argument("--top-n", type=int, default=10, help="items per user (default 10)")
+    parser.add_argument(
+        "--at",
+        type=int,
+        default=None,
+        help="request time (dataset time units): serve only the items available then",
+    )
     args = parser.parse_args(argv)
     try:
         rec = Recommender(args.bundle)
-        results = rec.recommend(args.users, args.top_n)
+        results = rec.recommend(args.users, args.top_n, at=args.at)
     except (BundleError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """How much of the oracle's random-exposure recall a retrieval model can hope for.
 
 ``test_random/recall@100`` counts the clicks of the random-exposure slice of the
-synthetic test split found in each user's top 100 over the whole corpus; the
-oracle ranks the corpus by the true P(click) (``ranking/data/synthetic/world.py``).
+synthetic test split found in each user's top 100 over the corpus of the test
+days (the items available on at least one of them: the evaluator's corpus, by
+the dataset's availability windows); the oracle ranks that corpus by the true
+P(click) (``ranking/data/synthetic/world.py``).
 This script ranks the corpus with the oracle's click logit minus some terms,
 i.e. the recall of a model that knew everything *except* them, exactly, and
 with the item terms a model can only learn from the item's own impressions
@@ -19,12 +21,12 @@ adjustment). If the target lies above such a ceiling, no model reaches it.
 
 Columns: recall@100 over the slice's clicks (sampling noise: a few thousand
 clicks); expected recall, the share of the user's true click probability over
-the whole corpus in the top 100; and slice-expected recall, the same share with
+the corpus in the top 100; and slice-expected recall, the same share with
 each item's probability weighted by its exposure in the random slice (uniform
 over the items available on each test day): the expected value of the slice's
-recall, without its sampling noise. The oracle ranks every item, so about a
-fifth of its top 100 are items not available on the test days; they count in
-the expected recall and not in the other two.
+recall, without its sampling noise. ``--whole-corpus`` ranks every item instead
+(the evaluation before availability windows: about a fifth of the oracle's top
+100 were then items no test day could show).
 ``scripts/bench/retrieval_learner.py`` fits the world's model to the log
 instead of giving it the true coefficients.
 
@@ -48,6 +50,14 @@ from ranking.metrics.retrieval_oracle import random_slice_exposure
 
 K = 100
 USERS_PER_CHUNK = 256
+
+
+def corpus_of_test_days(world: W.World) -> np.ndarray:
+    """bool [I]: the items available on at least one test day (the evaluator's
+    corpus for the test split, from the dataset's availability windows)."""
+    cfg = world.config
+    days = range(cfg.n_days - cfg.test_days, cfg.n_days)
+    return np.logical_or.reduce([world.available(day) for day in days])
 
 
 def random_slice_positives(data: Path) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -154,9 +164,12 @@ def _exposure(world: W.World, users: np.ndarray, day: int, policy: W.DayPolicy) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/synthetic"))
+    parser.add_argument("--whole-corpus", action="store_true", help="rank unavailable items too")
     args = parser.parse_args(argv)
     world = W.load_world(args.data)
     cfg, d = world.config, world.derived
+    corpus = np.ones(world.n_items, bool) if args.whole_corpus else corpus_of_test_days(world)
+    outside = np.where(corpus, 0.0, -np.inf)
     users, positives = random_slice_positives(args.data)
     n_items = world.n_items
     true_item = W.Q_CLICK * d["item_quality"] + W.APPEAL * world.item_appeal
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"{args.data}: {len(users)} users, {sum(map(len, positives))} random-exposure "
-        f"test clicks, {n_items} items"
+        f"test clicks, {int(corpus.sum())} of {n_items} items in the corpus"
     )
     print(
         "| model knows everything except | recall@100 | ratio | expected recall@100 | ratio "
@@ -236,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         recall, mass, slice_mass = [], [], []
         for lo in range(0, len(users), USERS_PER_CHUNK):
             us = users[lo : lo + USERS_PER_CHUNK]
-            top = np.argpartition(-rank(us), K - 1, axis=1)[:, :K]
+            top = np.argpartition(-(rank(us) + outside), K - 1, axis=1)[:, :K]
             p, _ = W.oracle_probabilities(world, us[:, None], np.arange(n_items)[None, :], 0)
-            full, exposed = expected_recalls(p, top, exposure)
+            full, exposed = expected_recalls(p * corpus, top, exposure)
             mass.append(full)
             slice_mass.append(exposed)
             chunk = positives[lo : lo + USERS_PER_CHUNK]

@@ -16,7 +16,9 @@ the pointwise retrieval model reads them)::
             + <p_u, q_i>                        taste (rank --taste-rank, ridge --taste-l2)
 
 trained by Adam; the items without train impressions get the warm items' mean
-bias (the prior mean) rather than the initial 0. It ranks the whole corpus for the users of the random-exposure
+bias (the prior mean) rather than the initial 0. It ranks the corpus of the test
+days (the evaluator's, ``retrieval_ceiling.corpus_of_test_days``; ``--whole-corpus``:
+every item) for the users of the random-exposure
 test clicks from their earliest test row (the evaluator's query row) and reports
 recall@100, expected recall and slice-expected recall (``retrieval_ceiling.py``)
 against the oracle, with each term dropped in turn. With ``--run DIR`` it also
@@ -43,6 +45,7 @@ import torch
 from retrieval_ceiling import (  # scripts/bench/retrieval_ceiling.py (this script's folder)
     K,
     category_shares,
+    corpus_of_test_days,
     expected_recalls,
     query_rows,
     random_slice_positives,
@@ -207,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--taste-rank", type=int, default=8)
     parser.add_argument("--taste-l2", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whole-corpus", action="store_true", help="rank unavailable items too")
     args = parser.parse_args(argv)
     world = W.load_world(args.data)
+    corpus = np.ones(world.n_items, bool) if args.whole_corpus else corpus_of_test_days(world)
+    outside = np.where(corpus, 0.0, -np.inf)
     model = fit(world, args.data, args)
     users, positives = random_slice_positives(args.data)
     q = query_rows(args.data, users, ["hist_cats", *USER_COLUMNS])
@@ -246,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         p, _ = W.oracle_probabilities(
             world, users[rows, None], np.arange(world.n_items)[None, :], 0
         )
-        oracle_p.append(p)
-        oracle_top.append(np.argpartition(-p, K - 1, axis=1)[:, :K])
+        oracle_p.append(p * corpus)
+        oracle_top.append(np.argpartition(-(p + outside), K - 1, axis=1)[:, :K])
 
     def evaluate(tops: list[np.ndarray]) -> tuple[float, float, float]:
         recall, full, exposed = [], [], []
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_out = {"the oracle": ref}
     for name, rank in rankers.items():
         rows_out[name] = evaluate(
-            [np.argpartition(-rank(rows), K - 1, axis=1)[:, :K] for rows in chunks]
+            [np.argpartition(-(rank(rows) + outside), K - 1, axis=1)[:, :K] for rows in chunks]
         )
     for name, (r, m, e) in rows_out.items():
         print(

@@ -154,8 +154,28 @@ class PartWriter:
             self._flush(self._pending_rows)
 
 
+#: Item-corpus columns of the availability window (schema ``availability``), unix seconds.
+AVAILABLE_FROM, AVAILABLE_TO = "available_from", "available_to"
+OPEN_DAY = np.iinfo(np.int32).max  # World.item_to_day of an item that never ends
+
+
+def availability_columns(world: World) -> dict[str, pa.Array]:
+    """int64 [I] each: the start of the item's first and of its first unavailable day
+    (``available_to`` null when it never ends), so ``world.available(day)`` holds
+    exactly when the day's seconds lie in ``[available_from, available_to)``."""
+    day = lambda d: world.config.start_ts + d.astype(np.int64) * 86_400  # noqa: E731
+    to_day = world.item_to_day
+    return {
+        AVAILABLE_FROM: pa.array(day(world.item_from_day), pa.int64()),
+        AVAILABLE_TO: pa.array(day(to_day), pa.int64(), mask=to_day >= OPEN_DAY),
+    }
+
+
 def write_items(path: Path, world: World) -> None:
-    write_parquet(_table(ITEM_SCHEMA, world.item_features()), path)
+    table = _table(ITEM_SCHEMA, world.item_features())
+    for name, column in availability_columns(world).items():
+        table = table.append_column(name, column)
+    write_parquet(table, path)
 
 
 def write_users(
@@ -221,6 +241,7 @@ def schema_dict(cfg: SyntheticConfig) -> dict[str, Any]:
             "items": "items.parquet",
             "users": "users.parquet",
         },
+        "availability": {"from": AVAILABLE_FROM, "to": AVAILABLE_TO},
         "features": features,
         # Not read by ranking.schema; documents the generated columns.
         "synthetic": {
