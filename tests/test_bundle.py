@@ -186,3 +186,21 @@ def test_recommend_at_a_time_serves_only_the_items_available_then(bundle, kind, 
     assert main(["--bundle", str(bundle), "--users", *map(str, users[:3]), "--at", str(at)]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert len(lines) == 3 and all(set(x["items"]) <= servable for x in lines)
+
+
+def test_recommend_with_fewer_available_items_than_asked(bundle):
+    from ranking.serving.recommend import Recommender
+
+    rec = Recommender(bundle)
+    n = len(rec.item_ids)
+    start = np.full(n, 100, dtype=np.int64)
+    end = np.full(n, 200, dtype=np.int64)
+    open_rows = np.array([3, 17, 40])
+    start[open_rows], end[open_rows] = 0, 1_000  # only three rows servable at t = 50
+    rec.windows = (start, end)
+    users = rec.user_sorted[:4].tolist()
+    for line in rec.recommend(users, top_n=5, at=50):
+        assert sorted(line["items"]) == sorted(rec.item_ids[open_rows].tolist())
+        assert len(line["scores"]) == 3 and np.isfinite(line["scores"]).all()
+    assert all(line["items"] == [] for line in rec.recommend(users, top_n=5, at=5_000))
+    assert len(rec.recommend(users, top_n=5, at=150)[0]["items"]) == 5

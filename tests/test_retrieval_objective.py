@@ -257,3 +257,23 @@ def test_click_softmax_adds_the_exposure_score_without_training_it():
         RetrievalTask(exposure_weight=1.0)
     with pytest.raises(ValueError, match="exposure_adjustment=0"):
         RetrievalTask(exposure_weight=1.0, embedding_dim=2, exposure_adjustment=0.75)
+
+
+def test_unavailable_candidates_are_masked_beside_accidental_hits():
+    # Row 0 cannot have been shown sampled item 11 (column 3); row 1 neither in-batch
+    # item 10 (column 0) nor sampled item 12 (column 4). No logQ, temperature 1.
+    unavailable = torch.zeros(3, 5, dtype=torch.bool)
+    unavailable[0, 3] = unavailable[1, 0] = unavailable[1, 4] = True
+    task = _task(logq=False, num_sampled=2, mask_unavailable=True)
+    task.log_inverse_temperature.fill_(0.0)
+    loss = task.loss(USER, ITEM, ITEM_IDS, SAMPLED, SAMPLED_IDS, unavailable=unavailable)
+    want = (
+        _ce([1.0, 0.0, None, None, 0.0], 0)  # col 2: accidental hit; col 3: unavailable
+        + _ce([None, 1.0, 0.5, None, None], 1)  # col 3: accidental hit (item 11)
+        + _ce([None, 1.0, 1.0, 2.0, 0.0], 2)
+    ) / 3
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    own = torch.zeros(3, 5, dtype=torch.bool)
+    own[1, 1] = True  # a row's own positive cannot be unavailable
+    with pytest.raises(ValueError, match="own item is unavailable"):
+        task.loss(USER, ITEM, ITEM_IDS, SAMPLED, SAMPLED_IDS, unavailable=own)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+import torch
 
 from ranking.data.availability import read_windows
 from ranking.data.datamodule import RecDataModule
@@ -53,7 +54,8 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
     ("options", "tracked"),
     [
         # corpus logQ, mixed negatives, exposure adjustment, attention, learned
-        # temperature, train items excluded; logged to MLflow
+        # temperature, unavailable candidates masked, train items excluded; logged
+        # to MLflow
         (
             [
                 "retrieval.task.num_sampled=64",
@@ -61,12 +63,14 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
                 "retrieval.model.sequence_pooling=attention",
                 "retrieval.task.learn_temperature=true",
                 "retrieval.eval.exclude_train=true",
+                "retrieval.task.mask_unavailable=true",
             ],
             True,
         ),
         # streaming logQ, hard negatives, the impression loss and the exposure-aware
         # softmax (the loader then yields every positive and half of the other
-        # impressions), id dropout, bias terms, plain tables under Adam
+        # impressions), id dropout, bias terms, plain tables under Adam; the whole
+        # corpus ranked (availability windows ignored)
         (
             [
                 "retrieval.model.bias_terms=true",
@@ -79,6 +83,7 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
                 "retrieval.model.id_dropout=0.5",
                 "retrieval.negative_share=0.5",
                 "retrieval.task.num_sampled=0",
+                "retrieval.eval.availability=false",
             ],
             False,
         ),
@@ -111,6 +116,8 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
     windows = read_windows(module.trainer.datamodule.schema)
     corpus = int(windows.during(int(ts.min()), int(ts.max())).sum())
     assert 150 < corpus < 240  # of the tiny world's 240 items: some ended, some not released
+    if not cfg.retrieval.eval.availability:
+        corpus = 240
     for stage in ("test", "test_random"):
         assert metrics[f"{stage}/corpus_items"] == corpus
         for key in TEST_KEYS:
@@ -124,6 +131,17 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
         table = module.last_tables[stage]
         assert table["decile"] == list(range(10))
         assert sum(table["items"]) == corpus
+    if module.task.mask_unavailable:  # the training mask against a loop over the windows
+        t = torch.tensor(
+            [int(ts.min()), int(ts.max()), int(windows.start[windows.start > 0].max())]
+        )
+        ids = torch.arange(240)
+        got = module._unavailable(t, ids)
+        for r, time in enumerate(t.tolist()):
+            for i in range(240):
+                shown = windows.start[i] <= time < windows.end[i]
+                assert bool(got[r, i]) == (not shown), (time, i)
+        assert got.any() and not got.all()
     if not tracked:
         assert int(module.task.frequency.step) > 0  # the estimator saw the training steps
         assert module.trainer.datamodule.train_filter == ("click", 1.0, 0.5)

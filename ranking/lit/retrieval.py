@@ -62,6 +62,9 @@ class RetrievalModule(FusedTables):
         num_users: size of the user-id vocabulary.
         ks: cut-offs of recall/ndcg/hit.
         exclude_train: drop each user's train positives from their ranking.
+        availability: when the schema declares availability windows, rank only
+            the items available during the evaluated split's period (False: the
+            whole corpus, ended and unreleased items included).
         tail_share: share of the corpus (least exposed first) that is the tail.
         long_tail_k: k of tail recall, coverage, discovery, deciles and oracle.
         slices: stage name -> ``{"column": ..., "value": ...}``: test rows where
@@ -81,6 +84,7 @@ class RetrievalModule(FusedTables):
         num_users: int,
         ks: tuple[int, ...] = (10, 50, 100),
         exclude_train: bool = False,
+        availability: bool = True,
         tail_share: float = 0.8,
         long_tail_k: int = 100,
         slices: dict[str, dict[str, Any]] | None = None,
@@ -96,6 +100,7 @@ class RetrievalModule(FusedTables):
         self.num_users = num_users
         self.ks = tuple(ks)
         self.exclude_train = exclude_train
+        self.availability = availability
         self.tail_share = tail_share
         self.long_tail_k = long_tail_k
         self.slices = dict(slices or {})
@@ -104,7 +109,9 @@ class RetrievalModule(FusedTables):
         self.seed = seed
         self.evaluator: FullCorpusEvaluator | None = None
         self.counts: ItemCounts | None = None
+        #: the dataset's availability windows (None: it declares none)
         self.windows: ItemWindows | None = None
+        self._window_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sampler: CorpusSampler | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_tables: dict[str, dict[str, list]] = {}
@@ -149,6 +156,9 @@ class RetrievalModule(FusedTables):
             negatives["hard_mask"] = batch.user_ids[keep].unsqueeze(1) == batch.user_ids[
                 other
             ].unsqueeze(0)
+        if self.task.mask_unavailable and self.windows is not None:
+            cand_ids = torch.cat([ids, negatives.get("sampled_ids", ids[:0])])
+            negatives["unavailable"] = self._unavailable(batch.time[keep], cand_ids)
         n = int(keep.sum())
         loss = self.task.impression_loss(user, item, batch.labels)
         loss = loss + self.task.exposure_loss(
@@ -160,6 +170,18 @@ class RetrievalModule(FusedTables):
             loss = loss + (user.sum() + item.sum()) * 0.0
         self.log(f"{stage}/loss", loss, batch_size=max(n, 1), prog_bar=stage == "train")
         return loss
+
+    def _unavailable(self, ts: torch.Tensor, cand_ids: torch.Tensor) -> torch.Tensor:
+        """bool [B, K]: candidate k could not be shown at row b's time ``ts[b]``."""
+        if self._window_tensors is None or self._window_tensors[0].device != ts.device:
+            assert self.windows is not None
+            self._window_tensors = (
+                torch.from_numpy(self.windows.start).to(ts.device),
+                torch.from_numpy(self.windows.end).to(ts.device),
+            )
+        start, end = self._window_tensors
+        t = ts.unsqueeze(1)
+        return (t < start[cand_ids].unsqueeze(0)) | (t >= end[cand_ids].unsqueeze(0))
 
     def _draw_corpus(self, n: int) -> Batch:
         if self.sampler is None:
@@ -208,7 +230,7 @@ class RetrievalModule(FusedTables):
             tail_share=self.tail_share,
             long_tail_k=self.long_tail_k,
             exposure=exposure,
-            windows=self.windows,
+            windows=self.windows if self.availability else None,
         )
 
     def _report(self, stage: str, report: RetrievalReport) -> None:

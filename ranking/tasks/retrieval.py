@@ -95,6 +95,14 @@ that beta would.
 **Accidental hits**: a candidate that is the row's own positive item (the same
 item clicked in another row, drawn from the corpus, or shown to the user
 elsewhere) is masked out of the row's softmax; the row's own column stays.
+
+**Unavailable candidates** (``mask_unavailable``, with the dataset's
+availability windows): a candidate that could not be shown at the time of the
+row (a live stream that had ended, an item not released yet) is masked out of
+the row's softmax too: the user did not prefer the row's item over it. Without
+the mask, an item with a short window is a negative at every other time, and
+the towers learn its window instead of its appeal. The caller passes the mask
+(:meth:`logits` ``unavailable``); the row's own item is available (validated).
 """
 
 from __future__ import annotations
@@ -162,6 +170,8 @@ class RetrievalTask(nn.Module):
             ``[1, 1 / min_temperature]``.
         min_temperature: lower bound of a learned temperature.
         mask_accidental_hits: mask candidates equal to the row's positive item.
+        mask_unavailable: ask the caller for the mask of candidates unavailable at
+            each row's time (the ``unavailable`` argument of :meth:`loss`).
         logq: subtract the log expected count of each candidate (sampling-bias
             correction); False: no correction.
         logq_source: ``corpus`` (train positives per item; call
@@ -203,6 +213,7 @@ class RetrievalTask(nn.Module):
         learn_temperature: bool = False,
         min_temperature: float = 0.01,
         mask_accidental_hits: bool = True,
+        mask_unavailable: bool = False,
         logq: bool = False,
         logq_source: str = "corpus",
         streaming_alpha: float = 0.05,
@@ -242,6 +253,7 @@ class RetrievalTask(nn.Module):
             raise ValueError(f"impression_share must lie in (0, 1], got {impression_share}")
         self.positive_label = positive_label
         self.mask_accidental_hits = mask_accidental_hits
+        self.mask_unavailable = mask_unavailable
         self.logq = logq
         self.logq_source = logq_source
         self.num_sampled = int(num_sampled)
@@ -411,8 +423,12 @@ class RetrievalTask(nn.Module):
         hard: torch.Tensor | None = None,
         hard_ids: torch.Tensor | None = None,
         hard_mask: torch.Tensor | None = None,
+        unavailable: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Corrected, masked logits [B, B + M + H]; row b's positive is column b."""
+        """Corrected, masked logits [B, B + M + H]; row b's positive is column b.
+
+        ``unavailable``: optional bool [B, B + M], True where the in-batch or
+        sampled candidate could not be shown at row b's time (masked out)."""
         b = user.shape[0]
         cands, cand_ids = _candidates(item, item_ids, sampled, sampled_ids)
         scale = self.inverse_temperature()
@@ -429,6 +445,11 @@ class RetrievalTask(nn.Module):
         masked = torch.zeros_like(logits, dtype=torch.bool)
         if self.mask_accidental_hits:
             masked = _accidental_hits(cand_ids, item_ids)
+        if unavailable is not None:
+            own = torch.arange(b, device=user.device)
+            if unavailable[own, own].any():
+                raise ValueError("a row's own item is unavailable at the row's time")
+            masked = masked | unavailable
         if hard is not None and hard_ids is not None and hard_mask is not None and hard.shape[0]:
             hard_logits = user @ hard.T * scale
             if self.exposure_weight:
@@ -452,10 +473,13 @@ class RetrievalTask(nn.Module):
         hard: torch.Tensor | None = None,
         hard_ids: torch.Tensor | None = None,
         hard_mask: torch.Tensor | None = None,
+        unavailable: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """softmax_weight x the mean softmax cross-entropy of each row's positive
         (see :meth:`logits`)."""
-        logits = self.logits(user, item, item_ids, sampled, sampled_ids, hard, hard_ids, hard_mask)
+        logits = self.logits(
+            user, item, item_ids, sampled, sampled_ids, hard, hard_ids, hard_mask, unavailable
+        )
         target = torch.arange(user.shape[0], device=user.device)
         return self.softmax_weight * nn.functional.cross_entropy(logits, target)
 
