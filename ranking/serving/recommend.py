@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "--at",
         type=int,
         default=None,
-        help="request time (dataset time units): serve only the items available then",
+        help="request time (dataset time units): serve only the items available then "
+        "(a bundle without availability windows serves every item)",
     )
     args = parser.parse_args(argv)
     try:
