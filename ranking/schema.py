@@ -295,7 +295,12 @@ def _parse_availability(spec: Any, source: str) -> dict[str, str]:
     unknown = set(spec) - set(AVAILABILITY_KEYS)
     if unknown:
         raise SchemaError(f"{where}: unknown keys {sorted(unknown)} (use 'from' and/or 'to')")
-    out = {k: str(spec[k]) for k in AVAILABILITY_KEYS if k in spec}
+    out = {}
+    for k in AVAILABILITY_KEYS:
+        if k in spec:
+            if not isinstance(spec[k], str) or not spec[k]:
+                raise SchemaError(f"{where}: {k!r} must name a column, got {spec[k]!r}")
+            out[k] = spec[k]
     if len(set(out.values())) < len(out):
         raise SchemaError(f"{where}: 'from' and 'to' must be different columns")
     return out

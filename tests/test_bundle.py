@@ -163,7 +163,9 @@ def test_recommend_at_a_time_serves_only_the_items_available_then(bundle, kind, 
     start, end = rec.windows
     emb = np.load(bundle / "item_embeddings.npy")
     if kind != "flat":
-        rec.index = build_index(emb, IndexConfig(type=kind, nlist=8, nprobe=8))[0]
+        # one IVF list of eight probed: a filtered search finds fewer than k, and exact
+        # search over the available items completes the list
+        rec.index = build_index(emb, IndexConfig(type=kind, nlist=8, nprobe=1))[0]
     at = int(start[start > np.iinfo(np.int64).min].max())  # the last release: many streams ended
     available = (start <= at) & (at < end)
     assert 0.2 < available.mean() < 0.95
@@ -174,8 +176,14 @@ def test_recommend_at_a_time_serves_only_the_items_available_then(bundle, kind, 
     k = rec.retrieve_k
     unfiltered = rec._search(query, k, None)
     assert not available[unfiltered].all()  # the filter has something to remove
-    got = rec._search(query, k, rec.available_rows(at))
+    assert (unfiltered >= 0).all()
+    if kind == "ivf":
+        raw = rec.index.search(query, k)[1]
+        assert (raw < 0).any()  # the index alone comes up short: the completion is used
+    got = rec._search(query, k, rec._available_mask(at))
     assert (got >= 0).all() and available[got].all()
+    assert all(len(set(r)) == k for r in got.tolist())  # no candidate twice
+    np.testing.assert_array_equal(rec.available_rows(at), np.flatnonzero(available))
     if kind == "flat":  # exact: the top k of the available items, by brute force
         scores = np.where(available[None, :], query @ emb.T, -np.inf)
         want = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -275,5 +275,5 @@ def test_unavailable_candidates_are_masked_beside_accidental_hits():
     assert loss.item() == pytest.approx(want, rel=1e-6)
     own = torch.zeros(3, 5, dtype=torch.bool)
     own[1, 1] = True  # a row's own positive cannot be unavailable
-    with pytest.raises(ValueError, match="own item is unavailable"):
+    with pytest.raises(ValueError, match="batch row 1: its own item 11 is unavailable"):
         task.loss(USER, ITEM, ITEM_IDS, SAMPLED, SAMPLED_IDS, unavailable=own)

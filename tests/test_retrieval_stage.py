@@ -164,6 +164,29 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
     assert "retrieval/test_random_recall_by_decile.csv" in files
 
 
+def test_mask_unavailable_without_windows_is_refused(tiny_dataset, tmp_path):
+    import shutil
+
+    import yaml
+
+    data = tmp_path / "no_windows"
+    shutil.copytree(tiny_dataset, data)
+    schema = yaml.safe_load((data / "schema.yaml").read_text())
+    del schema["availability"]
+    (data / "schema.yaml").write_text(yaml.safe_dump(schema))
+    cfg = compose_train(
+        [
+            *tiny_overrides(data),
+            "mlflow.enabled=false",
+            "stages=[retrieval]",
+            "retrieval.task.mask_unavailable=true",
+        ]
+    )
+    tracker = Tracker("sqlite:///unused.db", "t", enabled=False)
+    with pytest.raises(ValueError, match=f"mask_unavailable=true needs availability.*{data}"):
+        train_stage("retrieval", cfg, data, tracker, tmp_path)
+
+
 def test_negative_downsampling_keeps_every_click_and_a_fixed_share(tiny_dataset):
     def rows(share):
         dm = RecDataModule(

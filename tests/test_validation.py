@@ -131,6 +131,10 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+#: The root fixture's split files; file i holds ``split_columns(seed=i)``.
+SPLIT_FILES = ("train.parquet", "valid.parquet", "test/part-0.parquet", "test/part-1.parquet")
+
+
 def with_values(cols: dict[str, list], column: str, **rows: Any) -> dict[str, list]:
     """Copy of ``cols`` with ``cols[column][i] = v`` for each ``r<i>=v``."""
     out = {k: list(v) for k, v in cols.items()}
@@ -295,7 +299,8 @@ def test_wrong_dtype(root: Path, column: str, values: list, text: str) -> None:
 
 def test_timestamp_time_column_passes(root: Path) -> None:
     ts = pa.array(np.arange(N).astype("datetime64[s]"))
-    write_parquet(root / "train.parquet", {**split_columns(), "ts": ts})
+    for seed, split in enumerate(SPLIT_FILES):
+        write_parquet(root / split, {**split_columns(seed=seed), "ts": ts})
     validate(root)
 
 
@@ -642,6 +647,42 @@ def test_availability_bound_of_a_wrong_type(root: Path) -> None:
     expect_error(root, "items.parquet", "from", None, "availability bound needs an integer")
 
 
+def test_an_all_null_bound_is_unbounded(root: Path) -> None:
+    with_windows(root, [T0] * N_ITEMS, [None] * N_ITEMS)  # Arrow type null
+    validate(root)
+    assert (read_windows(Schema.load(root)).end == OPEN_END).all()
+
+
+def test_an_unsigned_bound_past_int64_is_reported(root: Path) -> None:
+    start = pa.array([T0] * 4 + [2**63] + [T0] * (N_ITEMS - 5), type=pa.uint64())
+    with_windows(root, start, [None] * N_ITEMS)
+    err = expect_error(root, "items.parquet", "from", 4, "beyond int64")
+    assert err.value == 2**63
+
+
+def _timestamps(seconds: list[int], unit: str) -> pa.Array:
+    scale = {"ms": 1_000, "us": 1_000_000}[unit]  # (Parquet stores seconds as ms)
+    return pa.array([t * scale for t in seconds], type=pa.timestamp(unit))
+
+
+def test_window_bounds_and_time_column_share_units(root: Path) -> None:
+    # Compared tick for tick: seconds against milliseconds would pass an item released
+    # years after its clicks. The corpus is read first, so the splits are reported.
+    end = [T0 + 10_000] * N_ITEMS
+    with_windows(root, _timestamps([T0] * N_ITEMS, "us"), _timestamps(end, "us"))
+    expect_error(
+        root, "train.parquet", "ts", None, "times are integers here but timestamps in us in"
+    )
+    for seed, split in enumerate(SPLIT_FILES):
+        cols = split_columns(seed=seed)
+        cols["ts"] = _timestamps(cols["ts"], "ms")
+        write_parquet(root / split, cols)
+    expect_error(root, "train.parquet", "ts", None, "timestamps in ms here but timestamps in us")
+    with_windows(root, _timestamps([T0] * N_ITEMS, "ms"), _timestamps(end, "ms"))
+    validate(root)
+    assert (read_windows(Schema.load(root)).end == (T0 + 10_000) * 1_000).all()
+
+
 @pytest.mark.parametrize(
     ("spec", "text"),
     [
@@ -649,6 +690,7 @@ def test_availability_bound_of_a_wrong_type(root: Path) -> None:
         ({"from": "t", "to": "t"}, "different columns"),
         ({"from": "price"}, "is a feature and also"),
         ([], "must map"),
+        ({"from": None}, "'from' must name a column, got None"),
     ],
 )
 def test_availability_schema_errors(root: Path, spec: Any, text: str) -> None:

@@ -58,14 +58,16 @@ class ItemWindows:
 
 
 def ticks(arr: pa.Array | pa.ChunkedArray, fill: int) -> np.ndarray:
-    """int64 ticks of an integer or timestamp column, nulls replaced by ``fill``."""
+    """int64 ticks of an integer or timestamp column, nulls replaced by ``fill``
+    (a uint64 value past int64 wraps: validation reports it first)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if pa.types.is_timestamp(arr.type):
         arr = arr.cast(pa.int64())
-    return pc.fill_null(arr.cast(pa.int64()), fill).to_numpy(zero_copy_only=False)
+    as_int = arr.cast(pa.int64(), safe=arr.type != pa.uint64())
+    return pc.fill_null(as_int, fill).to_numpy(zero_copy_only=False)
 
 
 def read_windows(schema: Schema) -> ItemWindows | None:

@@ -10,7 +10,8 @@ is wrong and the value.
 What is checked, per file:
 
 1. every column the schema names is present (splits: features, ids, time,
-   labels, oracle; item corpus: item id and item-side features);
+   labels, oracle; item corpus: item id, item-side features and the
+   availability columns);
 2. each column's Arrow type fits its role (table ``_DTYPES``);
 3. values fit their role (table ``_VALUE_CHECKS``): ids with a vocabulary are
    non-null, non-negative and below ``vocab_size`` (list elements too, reported
@@ -23,7 +24,9 @@ and across files:
 4. a split folder holds files and a split has rows;
 5. item ids are unique in the corpus and every item id of a split is in it;
 6. a hashed table's raw values are all integers or all strings (they hash
-   differently, so a mix would silently split one value into two rows);
+   differently, so a mix would silently split one value into two rows), and
+   every file's time column and the window bounds share one unit (all
+   integers, or timestamps of one unit: they are compared tick for tick);
 7. with ``availability`` in the schema: each corpus window is non-empty
    (``from < to`` where both are set) and every row of a split lies in its
    item's window (``from <= time < to``): a click on an item the data says
@@ -53,6 +56,13 @@ from ranking.data.files import (
     iter_record_batches,
 )
 from ranking.schema import SCHEMA_FILE, SPLITS, Feature, Kind, Schema
+
+_Kinds = dict[str | tuple[str], tuple[str, str]]
+
+#: ``kinds`` maps each hashed table (a str) to the kind of raw value it sees
+#: (check 6), and this key (a tuple, so no table name can take it) to the time
+#: units that every file's time and window columns share.
+_TIME_KIND = ("time units",)
 
 ITEMS = "items"
 
@@ -127,7 +137,7 @@ def validate_dataset(
         the lead may decide to make it one).
     """
     report: dict[str, Any] = {"rows": {}, "items": None, "undeclared_columns": {}}
-    hash_kinds: dict[str, tuple[str, str]] = {}
+    kinds: _Kinds = {}
     corpus = None
     windows = None
     if check_items:
@@ -138,7 +148,7 @@ def validate_dataset(
             ITEMS,
             schema.item_columns,
             extra,
-            hash_kinds,
+            kinds,
             batch_rows,
             report,
             _window_checks(schema),
@@ -148,7 +158,7 @@ def validate_dataset(
         extra = {schema.item_id: (corpus.check_known,)} if corpus else {}
         rows = (_in_window(schema, windows),) if windows is not None else ()
         report["rows"][split] = _validate_split(
-            schema, split, schema.data_columns, extra, hash_kinds, batch_rows, report, rows
+            schema, split, schema.data_columns, extra, kinds, batch_rows, report, rows
         )
     return report
 
@@ -161,7 +171,7 @@ def _validate_split(
     split: str,
     names: list[str],
     extra: dict[str, tuple[Check, ...]],
-    hash_kinds: dict[str, tuple[str, str]],
+    kinds: _Kinds,
     batch_rows: int,
     report: dict[str, Any],
     row_checks: tuple[RowCheck, ...] = (),
@@ -176,7 +186,7 @@ def _validate_split(
         present = file_columns(path)
         _check_columns_present(path, split, present, columns)
         undeclared |= set(present) - declared
-        rows += _validate_file(path, schema, plan, hash_kinds, batch_rows, row_checks)
+        rows += _validate_file(path, schema, plan, kinds, batch_rows, row_checks)
     if undeclared:
         report["undeclared_columns"][split] = sorted(undeclared)
     if rows == 0:
@@ -204,7 +214,7 @@ def _validate_file(
     path: Path,
     schema: Schema,
     plan: list[tuple[Column, tuple[Check, ...]]],
-    hash_kinds: dict[str, tuple[str, str]],
+    kinds: _Kinds,
     batch_rows: int,
     row_checks: tuple[RowCheck, ...] = (),
 ) -> int:
@@ -213,7 +223,7 @@ def _validate_file(
     batches = iter_record_batches(path, names, batch_rows, csv_column_types(schema))
     for offset, batch in batches:
         if rows == 0:  # one schema per file: check the types once
-            _check_dtypes(path, batch.schema, [c for c, _ in plan], hash_kinds)
+            _check_dtypes(path, batch.schema, [c for c, _ in plan], kinds)
         _check_batch(path, offset, batch, plan, row_checks)
         rows += batch.num_rows
     return rows
@@ -302,8 +312,8 @@ _DTYPES: dict[Role, tuple[str, Callable[[pa.DataType], bool]]] = {
     Role.ORACLE: ("a float type", pa.types.is_floating),
     Role.TIME: ("an integer or timestamp type", lambda t: _is_int(t) or pa.types.is_timestamp(t)),
     Role.AVAILABILITY: (
-        "an integer or timestamp type (the time column's units)",
-        lambda t: _is_int(t) or pa.types.is_timestamp(t),
+        "an integer or timestamp type (the time column's units), or all null",
+        lambda t: _is_int(t) or pa.types.is_timestamp(t) or pa.types.is_null(t),
     ),
 }
 
@@ -312,7 +322,7 @@ def _check_dtypes(
     path: Path,
     arrow_schema: pa.Schema,
     columns: list[Column],
-    hash_kinds: dict[str, tuple[str, str]],
+    kinds: _Kinds,
 ) -> None:
     for c in columns:
         t = _unwrap(arrow_schema.field(c.name).type)
@@ -325,22 +335,39 @@ def _check_dtypes(
                 f"has type {t}, but {c.describe()} needs {expected}{hint}", path, column=c.name
             )
         if c.role in (Role.HASHED, Role.HASHED_LIST):
-            _check_hash_kind(path, c, t, hash_kinds)
+            _check_hash_kind(path, c, t, kinds)
+        if c.role in (Role.TIME, Role.AVAILABILITY) and not pa.types.is_null(t):
+            _check_time_kind(path, c, t, kinds)
 
 
-def _check_hash_kind(
-    path: Path, col: Column, t: pa.DataType, hash_kinds: dict[str, tuple[str, str]]
-) -> None:
+def _check_hash_kind(path: Path, col: Column, t: pa.DataType, kinds: _Kinds) -> None:
     """Integers and strings hash differently: one table must see one kind everywhere."""
     assert col.feature is not None
     scalar = _unwrap(t.value_type) if _is_list(t) else t
     kind = "strings" if _is_str(scalar) else "integers"
     table = col.feature.table
-    seen = hash_kinds.setdefault(table, (kind, f"{path} column {col.name!r}"))
+    seen = kinds.setdefault(table, (kind, f"{path} column {col.name!r}"))
     if seen[0] != kind:
         raise DataError(
             f"hashed values are {kind} here but {seen[0]} in {seen[1]}; one table "
             f"({table!r}) must see one kind, since 123 and '123' hash to different rows",
+            path,
+            column=col.name,
+        )
+
+
+def _check_time_kind(path: Path, col: Column, t: pa.DataType, kinds: _Kinds) -> None:
+    """Times are compared tick for tick (a row's time against its item's window,
+    train against test): every file's time column and both window bounds must be
+    integers, or timestamps of one unit."""
+    kind = f"timestamps in {t.unit}" if pa.types.is_timestamp(t) else "integers"
+    seen = kinds.setdefault(_TIME_KIND, (kind, f"{path} column {col.name!r}"))
+    if seen[0] != kind:
+        raise DataError(
+            f"times are {kind} here but {seen[0]} in {seen[1]}; the time column and "
+            "the availability bounds must share one unit, since they are compared "
+            "tick for tick (write them all as integers of one unit, or as timestamps "
+            "of one unit)",
             path,
             column=col.name,
         )
@@ -398,6 +425,15 @@ def _check_probability(arr: pa.Array, col: Column) -> Problem | None:
     return _earliest(missing, _problem(out, arr, "oracle probability outside [0, 1]"))
 
 
+def _check_fits_int64(arr: pa.Array, col: Column) -> Problem | None:
+    """Times are compared as int64 ticks: an unsigned value past int64 has no tick."""
+    if arr.type != pa.uint64():
+        return None
+    limit = np.iinfo(np.int64).max
+    beyond = pc.greater(arr, pa.scalar(limit, pa.uint64()))
+    return _problem(beyond, arr, f"time value beyond int64 (max {limit})")
+
+
 def _check_list_present(arr: pa.Array, col: Column) -> Problem | None:
     i = _first_true(arr.is_null())
     if i is None:
@@ -448,8 +484,8 @@ _VALUE_CHECKS: dict[Role, tuple[Check, ...]] = {
     Role.DENSE: (_check_finite,),
     Role.LABEL: (_check_binary,),
     Role.ORACLE: (_check_probability,),
-    Role.TIME: (_check_present,),
-    Role.AVAILABILITY: (),  # null = unbounded; the window checks below
+    Role.TIME: (_check_present, _check_fits_int64),
+    Role.AVAILABILITY: (_check_fits_int64,),  # null = unbounded; the window checks below
 }
 
 

@@ -126,6 +126,12 @@ class RetrievalModule(FusedTables):
                 dm.schema, self.task.positive_label, "train", with_pairs=self.exclude_train
             )
             self.windows = read_windows(dm.schema)
+        if self.task.mask_unavailable and self.windows is None:
+            raise ValueError(
+                "retrieval.task.mask_unavailable=true needs availability windows, but "
+                f"{dm.schema.root} declares none (add availability: {{from: ..., to: ...}} "
+                "to its schema, or leave the option off)"
+            )
         if stage == "fit":
             self.task.set_item_counts(
                 torch.from_numpy(self.counts.positives), torch.from_numpy(self.counts.exposures)
@@ -156,7 +162,7 @@ class RetrievalModule(FusedTables):
             negatives["hard_mask"] = batch.user_ids[keep].unsqueeze(1) == batch.user_ids[
                 other
             ].unsqueeze(0)
-        if self.task.mask_unavailable and self.windows is not None:
+        if self.task.mask_unavailable:
             cand_ids = torch.cat([ids, negatives.get("sampled_ids", ids[:0])])
             negatives["unavailable"] = self._unavailable(batch.time[keep], cand_ids)
         n = int(keep.sum())

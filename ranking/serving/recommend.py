@@ -9,7 +9,9 @@ With ``--at T`` (the request time, in the dataset's time units) and a bundle
 whose dataset declares availability windows (``item_availability.npz``), the
 FAISS search only visits the items available at T (an ``IDSelector``): an ended
 live stream or an item not released yet is never a candidate. Without ``--at``
-every item is a candidate.
+every item is a candidate. When an approximate index (IVF, HNSW) returns fewer
+than the ``retrieve_k`` candidates asked for, exact search over the servable
+items completes the list.
 
 Example::
 
@@ -62,6 +64,8 @@ class Recommender:
             self.users = {k: torch.from_numpy(z[k]) for k in z.files}
         ids = self.users.pop("user_ids").numpy()
         self.user_order = np.argsort(ids, kind="stable")
+        #: the exported item embeddings [N, D], memory-mapped on the first exact search
+        self._embeddings: np.ndarray | None = None
         self.user_sorted = ids[self.user_order]
 
     def user_rows(self, user_ids: list[int]) -> np.ndarray:
@@ -75,34 +79,59 @@ class Recommender:
 
     def available_rows(self, at: int | None) -> np.ndarray | None:
         """int64 corpus rows servable at time ``at`` (None: no restriction)."""
+        mask = self._available_mask(at)
+        return None if mask is None else np.flatnonzero(mask).astype(np.int64)
+
+    def _available_mask(self, at: int | None) -> np.ndarray | None:
         if at is None or self.windows is None:
             return None
         start, end = self.windows
-        return np.flatnonzero((start <= at) & (at < end)).astype(np.int64)
+        return (start <= at) & (at < end)
 
-    def _search(self, query: np.ndarray, k: int, rows: np.ndarray | None) -> np.ndarray:
-        """[U, k] corpus rows of the top k, -1 where the index found fewer."""
-        if rows is None:
-            return self.index.search(query, k)[1]
-        selector = faiss.IDSelectorBatch(rows)
-        index = faiss.downcast_index(self.index)
-        if isinstance(index, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
-        elif isinstance(index, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    def _search(self, query: np.ndarray, k: int, servable: np.ndarray | None) -> np.ndarray:
+        """[U, k] corpus rows of the top k among the ``servable`` rows (bool [N]; None:
+        all). An IVF or HNSW index that finds fewer than k (few lists probed, or a
+        filter that leaves its graph sparse) is completed by exact search over the
+        servable rows, so -1 only pads when fewer than k rows are servable."""
+        if servable is None:
+            cand = self.index.search(query, k)[1]
         else:
-            params = faiss.SearchParameters(sel=selector)
-        return index.search(query, k, params=params)[1]
+            bits = np.packbits(servable, bitorder="little")  # kept alive for the search
+            selector = faiss.IDSelectorBitmap(len(servable), faiss.swig_ptr(bits))
+            index = faiss.downcast_index(self.index)
+            if isinstance(index, faiss.IndexIVF):
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+            elif isinstance(index, faiss.IndexHNSW):
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+            else:
+                params = faiss.SearchParameters(sel=selector)
+            cand = index.search(query, k, params=params)[1]
+        short = np.flatnonzero((cand < 0).any(axis=1))
+        if short.size:
+            cand[short] = self._exact_search(query[short], k, servable)
+        return cand
+
+    def _exact_search(self, query: np.ndarray, k: int, servable: np.ndarray | None) -> np.ndarray:
+        """[U, k] exact inner-product top k over the servable rows (-1 pads past them)."""
+        if self._embeddings is None:
+            path = self.root / self.manifest["index"]["embeddings"]
+            self._embeddings = np.load(path, mmap_mode="r")
+        rows = np.arange(self.index.ntotal) if servable is None else np.flatnonzero(servable)
+        scores = torch.from_numpy(query) @ torch.from_numpy(np.asarray(self._embeddings[rows])).T
+        top = torch.topk(scores, min(k, len(rows)), dim=1).indices.numpy()
+        out = np.full((len(query), k), -1, dtype=np.int64)
+        out[:, : top.shape[1]] = rows[top]
+        return out
 
     @torch.no_grad()
     def recommend(self, user_ids: list[int], top_n: int = 10, at: int | None = None) -> list[dict]:
         """Top ``top_n`` items per user; with ``at``, only items available at that time
-        (fewer than ``top_n`` when fewer are available)."""
+        (fewer than ``top_n`` only when fewer are available)."""
         rows = torch.from_numpy(self.user_rows(user_ids))
         user_inputs = {k: v[rows] for k, v in self.users.items()}
         query = self.user_tower(user_inputs).float().contiguous().numpy()
-        servable = self.available_rows(at)
-        total = self.index.ntotal if servable is None else len(servable)
+        servable = self._available_mask(at)
+        total = self.index.ntotal if servable is None else int(servable.sum())
         k = min(self.retrieve_k, total)
         n_users = len(user_ids)
         if k == 0:

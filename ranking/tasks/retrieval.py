@@ -447,8 +447,13 @@ class RetrievalTask(nn.Module):
             masked = _accidental_hits(cand_ids, item_ids)
         if unavailable is not None:
             own = torch.arange(b, device=user.device)
-            if unavailable[own, own].any():
-                raise ValueError("a row's own item is unavailable at the row's time")
+            bad = torch.nonzero(unavailable[own, own])
+            if len(bad):
+                r = int(bad[0])
+                raise ValueError(
+                    f"batch row {r}: its own item {int(item_ids[r])} is unavailable at the "
+                    "row's time (validate the dataset: every row must lie in its item's window)"
+                )
             masked = masked | unavailable
         if hard is not None and hard_ids is not None and hard_mask is not None and hard.shape[0]:
             hard_logits = user @ hard.T * scale
