@@ -196,6 +196,25 @@ def test_recommend_at_a_time_serves_only_the_items_available_then(bundle, kind, 
     assert len(lines) == 3 and all(set(x["items"]) <= servable for x in lines)
 
 
+def test_recommend_at_on_a_bundle_without_windows_warns(bundle, capsys, monkeypatch):
+    from ranking.serving import recommend
+
+    load = recommend.Recommender.__init__
+
+    def without_windows(self, root):
+        load(self, root)
+        self.windows = None
+
+    monkeypatch.setattr(recommend.Recommender, "__init__", without_windows)
+    args = ["--bundle", str(bundle), "--users", "0", "5"]
+    assert recommend.main(args) == 0
+    plain = capsys.readouterr()
+    assert recommend.main([*args, "--at", "0"]) == 0  # t = 0: before every release
+    at = capsys.readouterr()
+    assert "has no availability windows; --at is ignored" in at.err and not plain.err
+    assert at.out == plain.out and len(at.out.splitlines()) == 2
+
+
 def test_recommend_with_fewer_available_items_than_asked(bundle):
     from ranking.serving.recommend import Recommender
 

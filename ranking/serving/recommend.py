@@ -184,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rec = Recommender(args.bundle)
+        if args.at is not None and rec.windows is None:
+            print(
+                f"warning: {args.bundle} has no availability windows; --at is ignored and "
+                "every item is served",
+                file=sys.stderr,
+            )
         results = rec.recommend(args.users, args.top_n, at=args.at)
     except (BundleError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
