@@ -69,3 +69,18 @@ def test_bench_corpus_is_the_evaluators_corpus_of_the_test_split(tiny_dataset):
     got = corpus_of_test_days(world)
     np.testing.assert_array_equal(got, evaluated[: world.n_items])
     assert 0 < (~got).sum() < world.n_items / 2  # some items ended or are not released yet
+
+
+def test_group_shares_split_the_slice_expected_recall_by_hand():
+    from retrieval_learner import group_shares
+
+    p = np.array([[0.4, 0.2, 0.1, 0.3], [0.1, 0.1, 0.6, 0.2]])
+    exposure = np.array([1.0, 2.0, 1.0, 0.0])  # item 3 never shown on the slice
+    top = np.array([[0, 1], [2, 3]])
+    cold = np.array([False, True, True, False])
+    got = group_shares(p, top, exposure, [cold, ~cold])
+    # user 0: p*e = [0.4, 0.4, 0.1, 0] (sum 0.9), top {0, 1}; user 1: [0.1, 0.2, 0.6, 0]
+    np.testing.assert_allclose(got[0], [[0.4 / 0.9, 1], [0.6 / 0.9, 1]])
+    np.testing.assert_allclose(got[1], [[0.4 / 0.9, 1], [0.0, 1]])
+    _, slice_expected = expected_recalls(p, top, exposure)
+    np.testing.assert_allclose(got[:, :, 0].sum(axis=0), slice_expected)

@@ -24,7 +24,10 @@ recall@100, expected recall and slice-expected recall (``retrieval_ceiling.py``)
 against the oracle, with each term dropped in turn. With ``--run DIR`` it also
 scores a trained ``ranking-train`` run's towers on the same users and the same
 metrics (its queries from the same test rows), so a run's noisy
-``test_random/recall@100`` can be read beside its expected value.
+``test_random/recall@100`` can be read beside its expected value. A second
+table splits each ranker's slice-expected recall by the items' train
+impressions (none, 1-99, 100+): what part of the oracle's recall lies in
+items the log barely shows, and how much of it each ranker finds.
 
 Usage::
 
@@ -237,6 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     rankers["item terms only (non-personal)"] = lambda rows: np.broadcast_to(
         model.b_item.detach().numpy(), (rows.stop - rows.start, world.n_items)
     ).copy()
+    groups = exposure_groups(args.data, world.n_items)
+    warm = np.where(groups["100+"], 0.0, -np.inf)
+
+    def oracle_of_warm_items(rows: slice) -> np.ndarray:
+        """The true P(click), the items with under 100 train impressions left out:
+        how much of the oracle's recall needs the items the log barely shows."""
+        p, _ = W.oracle_probabilities(
+            world, users[rows, None], np.arange(world.n_items)[None, :], 0
+        )
+        return p + warm
+
+    rankers["the oracle, over the 100+ items only"] = oracle_of_warm_items
     for run in args.run:
         rankers[f"run {run}"] = _run_scorer(run, users)
 
@@ -255,31 +270,63 @@ def main(argv: list[str] | None = None) -> int:
         oracle_p.append(p * corpus)
         oracle_top.append(np.argpartition(-(p + outside), K - 1, axis=1)[:, :K])
 
-    def evaluate(tops: list[np.ndarray]) -> tuple[float, float, float]:
+    def evaluate(tops: list[np.ndarray]) -> tuple[tuple[float, float, float], np.ndarray]:
+        """(recall, expected, slice-expected), and per exposure group [G, 2]: its
+        share of the slice-expected recall and its top-100 slots, per user."""
         recall, full, exposed = [], [], []
+        by_group = np.zeros((len(groups), 2))
         for rows, top, p in zip(chunks, tops, oracle_p, strict=True):
             f, e = expected_recalls(p, top, exposure)
             full.append(f)
             exposed.append(e)
             recall += [np.isin(pos, r).mean() for pos, r in zip(positives[rows], top, strict=True)]
-        return (
+            by_group += group_shares(p, top, exposure, list(groups.values())).sum(axis=1)
+        means = (
             float(np.mean(recall)),
             float(np.concatenate(full).mean()),
             float(np.concatenate(exposed).mean()),
         )
+        return means, by_group / len(users)
 
-    ref = evaluate(oracle_top)
-    rows_out = {"the oracle": ref}
+    ref, ref_groups = evaluate(oracle_top)
+    rows_out = {"the oracle": (ref, ref_groups)}
     for name, rank in rankers.items():
         rows_out[name] = evaluate(
             [np.argpartition(-(rank(rows) + outside), K - 1, axis=1)[:, :K] for rows in chunks]
         )
-    for name, (r, m, e) in rows_out.items():
+    for name, ((r, m, e), _) in rows_out.items():
         print(
             f"| {name} | {r:.4f} | {r / ref[0]:.3f} | {m:.4f} | {m / ref[1]:.3f} "
             f"| {e:.4f} | {e / ref[2]:.3f} |"
         )
+    sizes = ", ".join(f"{g}: {int((m & corpus).sum())}" for g, m in groups.items())
+    print(f"\nslice-expected recall@100 by the items' train impressions (corpus items {sizes}):")
+    print("| ranker | " + " | ".join(f"{g}: recall share (slots of 100)" for g in groups) + " |")
+    print("|---|" + "---|" * len(groups))
+    for name, (_, g) in rows_out.items():
+        cells = " | ".join(f"{share:.4f} ({slots:.1f})" for share, slots in g)
+        print(f"| {name} | {cells} |")
     return 0
+
+
+def group_shares(
+    p: np.ndarray, top: np.ndarray, exposure: np.ndarray, groups: list[np.ndarray]
+) -> np.ndarray:
+    """[G, U, 2] per item group (bool [I] masks) and user: the part of the user's
+    slice-expected recall (``expected_recalls``' second value) that ``top`` ([U, k]
+    item ids) holds in the group, and how many of its k items are in the group."""
+    pe = p * exposure[None, :]
+    share = np.take_along_axis(pe, top, axis=1) / pe.sum(axis=1, keepdims=True)
+    return np.stack(
+        [np.stack([(share * m[top]).sum(axis=1), m[top].sum(axis=1)], axis=1) for m in groups]
+    )
+
+
+def exposure_groups(data: Path, n_items: int) -> dict[str, np.ndarray]:
+    """bool [I] masks of the items by their train impressions: none, 1-99, 100 or more."""
+    items = pads.dataset(data / "train").to_table(columns=["item_id"])["item_id"].to_numpy()
+    shown = np.bincount(items, minlength=n_items)
+    return {"0": shown == 0, "1-99": (shown > 0) & (shown < 100), "100+": shown >= 100}
 
 
 if __name__ == "__main__":
