@@ -64,9 +64,9 @@ class Recommender:
             self.users = {k: torch.from_numpy(z[k]) for k in z.files}
         ids = self.users.pop("user_ids").numpy()
         self.user_order = np.argsort(ids, kind="stable")
+        self.user_sorted = ids[self.user_order]
         #: the exported item embeddings [N, D], memory-mapped on the first exact search
         self._embeddings: np.ndarray | None = None
-        self.user_sorted = ids[self.user_order]
 
     def user_rows(self, user_ids: list[int]) -> np.ndarray:
         q = np.asarray(user_ids, dtype=np.int64)
