@@ -180,10 +180,10 @@ def test_recommend_at_a_time_serves_only_the_items_available_then(bundle, kind, 
     if kind == "ivf":
         raw = rec.index.search(query, k)[1]
         assert (raw < 0).any()  # the index alone comes up short: the completion is used
-    got = rec._search(query, k, rec._available_mask(at))
+    got = rec._search(query, k, rec.available(at))
     assert (got >= 0).all() and available[got].all()
     assert all(len(set(r)) == k for r in got.tolist())  # no candidate twice
-    np.testing.assert_array_equal(rec.available_rows(at), np.flatnonzero(available))
+    np.testing.assert_array_equal(rec.available(at), available)
     if kind == "flat":  # exact: the top k of the available items, by brute force
         scores = np.where(available[None, :], query @ emb.T, -np.inf)
         want = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -32,7 +32,7 @@ import torch
 
 from ranking.serving.bundle import BundleError, read_manifest
 
-__all__ = ["BundleError", "Recommender", "main"]
+__all__ = ["BundleError", "Recommender", "filtered_search", "main"]
 
 
 class Recommender:
@@ -77,12 +77,8 @@ class Recommender:
             raise KeyError(f"user id {int(unknown[0])} is not in the bundle's user snapshot")
         return self.user_order[pos]
 
-    def available_rows(self, at: int | None) -> np.ndarray | None:
-        """int64 corpus rows servable at time ``at`` (None: no restriction)."""
-        mask = self._available_mask(at)
-        return None if mask is None else np.flatnonzero(mask).astype(np.int64)
-
-    def _available_mask(self, at: int | None) -> np.ndarray | None:
+    def available(self, at: int | None) -> np.ndarray | None:
+        """bool [N] corpus rows servable at time ``at`` (None: no restriction)."""
         if at is None or self.windows is None:
             return None
         start, end = self.windows
@@ -93,19 +89,7 @@ class Recommender:
         all). An IVF or HNSW index that finds fewer than k (few lists probed, or a
         filter that leaves its graph sparse) is completed by exact search over the
         servable rows, so -1 only pads when fewer than k rows are servable."""
-        if servable is None:
-            cand = self.index.search(query, k)[1]
-        else:
-            bits = np.packbits(servable, bitorder="little")  # kept alive for the search
-            selector = faiss.IDSelectorBitmap(len(servable), faiss.swig_ptr(bits))
-            index = faiss.downcast_index(self.index)
-            if isinstance(index, faiss.IndexIVF):
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
-            elif isinstance(index, faiss.IndexHNSW):
-                params = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
-            else:
-                params = faiss.SearchParameters(sel=selector)
-            cand = index.search(query, k, params=params)[1]
+        cand = filtered_search(self.index, query, k, servable)
         short = np.flatnonzero((cand < 0).any(axis=1))
         if short.size:
             cand[short] = self._exact_search(query[short], k, servable)
@@ -130,7 +114,7 @@ class Recommender:
         rows = torch.from_numpy(self.user_rows(user_ids))
         user_inputs = {k: v[rows] for k, v in self.users.items()}
         query = self.user_tower(user_inputs).float().contiguous().numpy()
-        servable = self._available_mask(at)
+        servable = self.available(at)
         total = self.index.ntotal if servable is None else int(servable.sum())
         k = min(self.retrieve_k, total)
         n_users = len(user_ids)
@@ -167,6 +151,26 @@ class Recommender:
                 }
             )
         return out
+
+
+def filtered_search(
+    index: faiss.Index, query: np.ndarray, k: int, servable: np.ndarray | None
+) -> np.ndarray:
+    """[U, k] rows of the index's top k for float32 ``query`` [U, D], visiting only
+    the ``servable`` rows (bool [N], packed into an ``IDSelectorBitmap``; None: all);
+    -1 where the index found fewer. IVF and HNSW keep their own nprobe / efSearch."""
+    if servable is None:
+        return index.search(query, k)[1]
+    bits = np.packbits(servable, bitorder="little")  # kept alive for the search
+    selector = faiss.IDSelectorBitmap(len(servable), faiss.swig_ptr(bits))
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+    elif isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    return index.search(query, k, params=params)[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,9 @@ One request = one user query (batch 1) against N item embeddings (D=64, unit
 norm), top k. Variants, each timed over the same queries at one thread:
 
 - ``unfiltered``: ``IndexFlatIP.search`` (the request without ``--at``);
-- ``bitmap``: the window mask at T (two numpy compares), packed into an
-  ``IDSelectorBitmap``, then the filtered flat search: what
-  :meth:`ranking.serving.recommend.Recommender._search` does;
+- ``bitmap``: the window mask at T (two numpy compares), then
+  :func:`ranking.serving.recommend.filtered_search` (the mask packed into an
+  ``IDSelectorBitmap``): what ``--at`` does;
 - ``batch``: the same with ``IDSelectorBatch`` over the servable row ids (a
   hash set built per request: the first version of ``--at``);
 - ``mask after``: the reference without FAISS: one matmul over every item,
@@ -25,6 +25,8 @@ import time
 
 import faiss
 import numpy as np
+
+from ranking.serving.recommend import filtered_search
 
 
 def windows(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -52,10 +54,7 @@ def bench(n: int, dim: int, k: int, requests: int, seed: int) -> dict[str, list[
         return index.search(q, k)[1][0]
 
     def bitmap(q, t):
-        servable = (start <= t) & (t < end)
-        bits = np.packbits(servable, bitorder="little")
-        sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
-        return index.search(q, k, params=faiss.SearchParameters(sel=sel))[1][0]
+        return filtered_search(index, q, k, (start <= t) & (t < end))[0]
 
     def batch(q, t):
         rows = np.flatnonzero((start <= t) & (t < end)).astype(np.int64)
