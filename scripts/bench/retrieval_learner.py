@@ -28,6 +28,8 @@ metrics (its queries from the same test rows), so a run's noisy
 table splits each ranker's slice-expected recall by the items' train
 impressions (none, 1-99, 100+): what part of the oracle's recall lies in
 items the log barely shows, and how much of it each ranker finds.
+``--fit-splits train valid`` fits the learner to the valid days too (as a
+model serving the test days would be); the groups stay those of train.
 
 Usage::
 
@@ -42,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
@@ -143,7 +146,7 @@ def fit(world: W.World, data: Path, args: argparse.Namespace) -> WorldForm:
     """Fit :class:`WorldForm` to the train impressions (minibatch Adam, BCE)."""
     torch.manual_seed(args.seed)
     cols = ["user_id", "item_id", "hist_cats", "position", "click", *USER_COLUMNS]
-    t = pads.dataset(data / "train").to_table(columns=cols)
+    t = pa.concat_tables(pads.dataset(data / s).to_table(columns=cols) for s in args.fit_splits)
     click = t["click"].to_numpy()
     rng = np.random.default_rng(args.seed)
     t = t.take(np.flatnonzero((click > 0) | (rng.random(len(click)) < args.negative_share)))
@@ -213,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--taste-rank", type=int, default=8)
     parser.add_argument("--taste-l2", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fit-splits", nargs="+", default=["train"], help="splits the learner is fitted to"
+    )
     parser.add_argument("--whole-corpus", action="store_true", help="rank unavailable items too")
     args = parser.parse_args(argv)
     world = W.load_world(args.data)
