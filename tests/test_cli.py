@@ -38,7 +38,7 @@ def trained_run(tmp_path_factory):
     assert (work / "ds" / "schema.yaml").exists()
     trained = cli("ranking-train", "data.path=ds", *FAST, cwd=work)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    return work, trained.stdout
+    return work, trained.stdout + trained.stderr
 
 
 @pytest.mark.slow
@@ -53,6 +53,11 @@ def test_train_prints_where_everything_went(trained_run):
         assert 0.0 <= metrics[key] <= 1.0, key
     bundle = json.loads((run / "bundle" / "manifest.json").read_text())
     assert bundle["metrics"]["test/auc/click"] == metrics["test/auc/click"]
+    # the index's measured recall and latency: in the manifest, the metrics, the log
+    index = bundle["index"]
+    assert metrics["index/recall_vs_exact@100"] == index["recall_vs_exact"] == 1.0  # flat
+    assert metrics["index/latency_p99_ms"] == index["latency_ms"]["p99"] > 0
+    assert f"recall@100 vs exact search {index['recall_vs_exact']:.4f}" in out
     assert (run / "bundle" / "metrics.json").exists() or (run / "metrics.json").exists()
 
 
@@ -80,6 +85,7 @@ def test_mlflow_parent_and_child_runs(trained_run):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"bundle", "config.yaml", "metrics.json"} <= artifacts
     assert "test/recall_at_100" in parent.data.metrics
+    assert parent.data.metrics["index/recall_vs_exact_at_100"] == 1.0
     assert "test/auc/click" in children["ranking"].data.metrics
     history = client.get_metric_history(children["retrieval"].info.run_id, "valid/recall_at_100")
     assert len(history) == 1  # one epoch -> one validation point

@@ -137,15 +137,17 @@ def _brute_long_tail(rows, item_emb, item_ids, exposures, excluded, truth, group
     by_pop = sorted(ids, key=lambda i: (exposures[i], i))
     tail = set(by_pop[: int(0.8 * n)])
     decile = {item: r * 10 // n for r, item in enumerate(by_pop)}
-    users = sorted({r[0] for r in rows if r[4]})
+    # excluded pairs are neither ranked nor judged: users keep only their other positives
+    users = sorted({r[0] for r in rows if r[4] and (r[0], r[3]) not in excluded})
     tail_rec, pos_dec, found_dec = [], [0] * 10, [0] * 10
     seen, disc, oracle_rec, oracle_disc, mass, best_mass = set(), [], [], [], [], []
     for u in users:
         mine = [r for r in rows if r[0] == u]
         query = min(mine, key=lambda r: r[1])[2]
-        pos = {r[3] for r in mine if r[4]}
+        pos = {r[3] for r in mine if r[4] and (u, r[3]) not in excluded}
         scores = {ids[j]: float(np.dot(query, item_emb[j])) for j in range(n)}
-        ranked = sorted((i for i in ids if (u, i) not in excluded), key=lambda i: -scores[i])
+        allowed = [i for i in ids if (u, i) not in excluded]
+        ranked = sorted(allowed, key=lambda i: -scores[i])
         top = ranked[:k]
         seen |= set(top)
         tail_pos = pos & tail
@@ -154,9 +156,9 @@ def _brute_long_tail(rows, item_emb, item_ids, exposures, excluded, truth, group
         for i in pos:
             pos_dec[decile[i]] += 1
             found_dec[decile[i]] += i in top
-        best = sorted(ids, key=lambda i: (-truth[u][i], ids.index(i)))[:k]
+        best = sorted(allowed, key=lambda i: (-truth[u][i], ids.index(i)))[:k]
         oracle_rec.append(len(set(best) & pos) / len(pos))
-        total = sum(truth[u][i] for i in ids)
+        total = sum(truth[u][i] for i in allowed)
         mass.append(sum(truth[u][i] for i in top) / total)
         best_mass.append(sum(truth[u][i] for i in best) / total)
         if todo[u]:
@@ -188,9 +190,13 @@ def test_long_tail_and_oracle_metrics_match_brute_force(exclude):
     todo = {u: {g for g in range(n_groups) if todo_mask[u, g]} for u in range(n_users)}
     excluded = {(r[0], r[3]) for r in rows[:150]} if exclude else set()
 
-    def rank(users, corpus_ids, kk, lists, exposure):
+    def rank(users, corpus_ids, kk, lists, exposure, excluded_rows):
         assert exposure is None  # no slice exposure given to compute()
         p = truth[users][:, corpus_ids]
+        assert (excluded_rows is not None) == exclude
+        if exclude:  # the model's exclusion, handed to the oracle: no mass there
+            indptr, cols = excluded_rows
+            p[np.repeat(np.arange(len(users)), np.diff(indptr)), cols] = 0.0
         order = np.lexsort((np.tile(np.arange(len(corpus_ids)), (len(users), 1)), -p), axis=1)
         best = corpus_ids[order[:, :kk]]
         total = p.sum(axis=1)
@@ -300,6 +306,21 @@ def test_world_oracle_ranks_by_true_click_probability(tiny_dataset):
         top = [list(corpus).index(i) for i in want[j]]
         assert weighted.exposed_mass[j] == pytest.approx(sum(w[:7]) / sum(w))
         assert weighted.best_exposed_mass[j] == pytest.approx(sum(w[r] for r in top) / sum(w))
+    # excluded items: user 0 loses its best 3 corpus rows, user 5 nothing, user 17 row 0
+    best_rows = np.argsort(-p, axis=1, kind="stable")
+    gone = [list(best_rows[0, :3]), [], [0]]
+    indptr = np.cumsum([0] + [len(g) for g in gone])
+    cut = oracle_lists(
+        world, users, corpus, 7, lists, exclude=(indptr, np.array(sum(gone, []), dtype=np.int64))
+    )
+    for j in range(len(users)):
+        q = p[j].copy()
+        q[gone[j]] = 0.0
+        order = np.argsort(-q, kind="stable")[:7]
+        assert np.array_equal(cut.best[j], corpus[order])
+        assert cut.mass[j] == pytest.approx(q[:7].sum() / q.sum())
+        assert cut.best_mass[j] == pytest.approx(q[order].sum() / q.sum())
+    assert np.array_equal(cut.best[1], want[1])
     reference = world_reference(tiny_dataset)
     assert reference is not None
     assert reference.slice_exposure("policy", 0.0) is None  # the logged slice
@@ -347,7 +368,7 @@ def test_availability_windows_restrict_the_corpus_for_model_and_oracle():
     rows = [(*r[:4], r[4] and available[r[3]]) for r in rows]
     seen = []
 
-    def rank(users, corpus_ids, kk, lists, exposure):
+    def rank(users, corpus_ids, kk, lists, exposure, excluded_rows):
         seen.append(np.sort(corpus_ids))
         p = np.ones((len(users), len(corpus_ids)))
         return OracleLists(np.tile(corpus_ids[:kk], (len(users), 1)), p[:, 0], p[:, 0])

@@ -115,6 +115,27 @@ def test_hard_negatives_only_for_the_same_user_and_uncorrected():
     assert loss.item() == pytest.approx(want, rel=1e-6)
 
 
+def test_exposure_adjustment_also_lifts_hard_negatives():
+    # the same prior beta log x_j on every candidate column, hard ones included
+    task = _task(logq=False, exposure_adjustment=0.5, hard_negatives=True)
+    exposures = torch.zeros(NUM_ITEMS, dtype=torch.int64)
+    exposures[10], exposures[11], exposures[13] = 30, 10, 2  # 17 others: half each
+    task.set_item_counts(torch.ones(NUM_ITEMS, dtype=torch.int64), exposures)
+    total = 30 + 10 + 2 + 17 * 0.5
+    a10, a11, a13 = (0.5 * math.log(x / total) for x in (30, 10, 2))
+    hard = torch.tensor([[0.0, 2.0]])
+    same_user = torch.tensor([[True], [True], [False]])
+    loss = task.loss(
+        USER, ITEM, ITEM_IDS, hard=hard, hard_ids=torch.tensor([13]), hard_mask=same_user
+    )
+    want = (
+        _ce([1.0 + a10, 0.0 + a11, None, 0.0 + a13], 0)
+        + _ce([0.0 + a10, 1.0 + a11, 0.5 + a10, 2.0 + a13], 1)
+        + _ce([None, 1.0 + a11, 1.0 + a10], 2)
+    ) / 3
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+
+
 def test_exposure_adjustment_adds_beta_log_exposure_share():
     task = _task(logq=False, exposure_adjustment=0.5)
     exposures = torch.zeros(NUM_ITEMS, dtype=torch.int64)
@@ -135,13 +156,29 @@ def test_streaming_frequency_by_hand():
     est = StreamingFrequency(num_items=5, alpha=0.5)
     for ids in ([1, 2], [1, 1], [1, 2], [3]):
         est.update(torch.tensor(ids))
-    # item 1: gaps 1 (first seen at step 1), 1, 1 -> 1
+    # item 1: first at step 1 -> 1; step 2 holds it twice (gap 1 / 2 copies):
+    #   .5 * 1 + .5 * .5 = .75; step 3: .5 * .75 + .5 * 1 = .875
     # item 2: first at step 1 -> 1; next at step 3: .5 * 1 + .5 * 2 = 1.5
     # item 3: first at step 4 -> 4; items 0, 4 never seen -> expected count 0
     got = est.expected_count(torch.arange(5))
-    want = torch.tensor([0.0, 1.0, 1 / 1.5, 0.25, 0.0], dtype=got.dtype)
+    want = torch.tensor([0.0, 1 / 0.875, 1 / 1.5, 0.25, 0.0], dtype=got.dtype)
     assert torch.allclose(got, want)
     assert int(est.step) == 4
+
+
+def test_streaming_frequency_counts_copies_within_a_batch():
+    # item 7 three times in every batch, item 8 once every other batch: the
+    # estimates approach the corpus estimate's expected counts B p, 3 and 0.5
+    est = StreamingFrequency(num_items=10, alpha=0.2)
+    for step in range(200):
+        est.update(torch.tensor([7, 7, 7] + ([8] if step % 2 else [])))
+    got = est.expected_count(torch.tensor([7, 8]))
+    assert got[0].item() == pytest.approx(3.0, rel=1e-9)
+    assert got[1].item() == pytest.approx(0.5, rel=1e-6)
+    # the first time seen with copies: first step 1 with 2 copies -> delta 1 / 2
+    first = StreamingFrequency(num_items=3, alpha=0.5)
+    first.update(torch.tensor([2, 2]))
+    assert first.expected_count(torch.tensor([2])).item() == pytest.approx(2.0)
 
 
 def test_streaming_logq_uses_the_estimate():
@@ -166,6 +203,12 @@ def test_learned_temperature_is_trained_and_clamped():
     assert task.inverse_temperature().item() == pytest.approx(2.0)
     fixed = _task(logq=False)
     assert "log_inverse_temperature" not in dict(fixed.named_parameters())
+    # a fixed temperature is used as given, outside the learned range too
+    for t in (2.0, 0.005):
+        task = RetrievalTask(temperature=t, min_temperature=0.01)
+        assert task.inverse_temperature().item() == pytest.approx(1 / t, rel=1e-6)
+    with pytest.raises(ValueError, match="learned temperature"):
+        RetrievalTask(temperature=2.0, learn_temperature=True)
 
 
 def test_bad_settings_are_refused():

@@ -64,6 +64,8 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
                 "retrieval.task.learn_temperature=true",
                 "retrieval.eval.exclude_train=true",
                 "retrieval.task.mask_unavailable=true",
+                # a slice no test row falls in: warned about, not reported as NaNs
+                "+retrieval.eval.slices.test_none={column: policy, value: 7}",
             ],
             True,
         ),
@@ -118,6 +120,7 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
     assert 150 < corpus < 240  # of the tiny world's 240 items: some ended, some not released
     if not cfg.retrieval.eval.availability:
         corpus = 240
+    assert not any(key.startswith("test_none/") for key in metrics)
     for stage in ("test", "test_random"):
         assert metrics[f"{stage}/corpus_items"] == corpus
         for key in TEST_KEYS:
@@ -162,6 +165,25 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
     files = {a.path for a in client.list_artifacts(child.info.run_id, "retrieval")}
     assert "retrieval/test_recall_by_decile.json" in files
     assert "retrieval/test_random_recall_by_decile.csv" in files
+
+
+def test_a_slice_column_missing_from_some_test_files_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ranking.lit.retrieval import _has_column
+
+    paths = [tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"]
+    pq.write_table(pa.table({"x": [1], "policy": [0]}), paths[0])
+    pq.write_table(pa.table({"x": [1]}), paths[1])
+    pq.write_table(pa.table({"x": [1], "policy": [1]}), paths[2])
+    schema = SimpleNamespace(split_paths=lambda split: paths)
+    with pytest.raises(ValueError, match=f"{paths[1]}: no column 'policy'"):
+        _has_column(schema, "test", "policy")
+    assert _has_column(schema, "test", "x")
+    assert not _has_column(schema, "test", "device")
 
 
 def test_mask_unavailable_without_windows_is_refused(tiny_dataset, tmp_path):

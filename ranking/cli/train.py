@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ranking.cli import CONFIG_PATH
 from ranking.data.errors import main_guard
 from ranking.pipeline import export_run, prepare_dataset, train_stage, write_metrics
 from ranking.schema import Schema
+from ranking.serving.index import index_metrics
 from ranking.tracking import Tracker
 
 
@@ -42,6 +44,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 metrics,
                 run_id,
             )
+            # the index's recall against exact search and its latency, measured at build
+            built = json.loads((bundle / "manifest.json").read_text())["index"]
+            metrics.update(index_metrics(built))
+            tracker.log_metrics(index_metrics(built))
             write_metrics(bundle.parent / "metrics.json", metrics)
             tracker.log_artifacts(bundle, "bundle")
         tracker.log_artifact(run_dir / "metrics.json")

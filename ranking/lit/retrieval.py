@@ -61,7 +61,8 @@ class RetrievalModule(FusedTables):
             (:class:`~ranking.lit.schedule.WarmupSchedule` fields), None: constant.
         num_users: size of the user-id vocabulary.
         ks: cut-offs of recall/ndcg/hit.
-        exclude_train: drop each user's train positives from their ranking.
+        exclude_train: drop each user's train positives from their ranking and
+            from their evaluated positives (the oracle ranks without them too).
         availability: when the schema declares availability windows, rank only
             the items available during the evaluated split's period (False: the
             whole corpus, ended and unreleased items included).
@@ -289,12 +290,25 @@ class RetrievalModule(FusedTables):
         for stage, spec in self.slices.items():
             column, value = str(spec["column"]), float(spec["value"])
             if not _has_column(dm.schema, "test", column):
-                log.info("retrieval: test files have no column %r; %s skipped", column, stage)
+                log.warning(
+                    "retrieval: no test file has a column %r; the slice %s is skipped",
+                    column,
+                    stage,
+                )
                 continue
             evaluator = self.evaluator.sharing_queries()
             for batch in dm.slice_dataloader("test", column, value):
                 keep = self.task.positives(batch.labels)
                 evaluator.add_positives(batch.user_ids[keep], batch.item_ids[keep])
+            if not len(evaluator.positive_pairs()):
+                log.warning(
+                    "retrieval: the slice %s (%s == %s) holds no positive test row; "
+                    "its metrics are not reported",
+                    stage,
+                    column,
+                    spec["value"],
+                )
+                continue
             exposure = None
             if reference is not None and reference.slice_exposure is not None:
                 exposure = reference.slice_exposure(column, value)
@@ -312,5 +326,13 @@ class RetrievalModule(FusedTables):
 
 
 def _has_column(schema: Any, split: str, column: str) -> bool:
+    """Whether the split's files hold ``column``: True if all do, False if none
+    does; a split where only some do is refused, naming the first file without it."""
     paths = schema.split_paths(split)
-    return bool(paths) and column in file_columns(paths[0])
+    held = [column in file_columns(p) for p in paths]
+    if any(held) and not all(held):
+        raise ValueError(
+            f"{paths[held.index(False)]}: no column {column!r}, which other "
+            f"{split} files hold (the slice on it needs every file)"
+        )
+    return bool(paths) and all(held)

@@ -9,9 +9,11 @@ the dataset declares availability windows
 (:class:`~ranking.data.availability.ItemWindows`), the corpus is the items
 available at some time between the earliest and the latest evaluated row, for
 the model and the oracle alike (``corpus_items`` is its size);
-optionally the items the user was positive on in train are excluded first
-(off by default: in the synthetic log, as on shopping feeds, a user clicks the
-same item again, and those re-clicks are legitimate positives). Metrics are
+optionally the items the user was positive on in train are excluded first,
+from the ranking, from the user's positives (an item that cannot be returned
+is not judged) and from the oracle's ranking alike: the "new items only"
+protocol (off by default: in the synthetic log, as on shopping feeds, a user
+clicks the same item again, and those re-clicks are legitimate positives). Metrics are
 averaged over users:
 
 - ``recall@k`` = |top-k ∩ positives| / |positives|
@@ -67,7 +69,8 @@ def topk_items(
     chunk: int | None = None,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> torch.Tensor:
-    """Exact inner-product top-k. [U, D] x [N, D] -> row indices [U, k], best first.
+    """Exact inner-product top-k. [U, D] x [N, D] -> row indices [U, k], best first
+    (on the CPU; the products run on ``items``' device, a GPU's too).
 
     Scored in chunks of ``chunk`` queries (default: as many as fit
     :data:`SCORE_BUDGET` scores, at most 1024), so memory stays at chunk x N floats
@@ -90,8 +93,9 @@ def topk_items(
             lo, hi = int(indptr[start]), int(indptr[stop])
             if hi > lo:
                 which = np.repeat(np.arange(scores.shape[0]), np.diff(indptr[start : stop + 1]))
-                scores[torch.from_numpy(which), torch.from_numpy(rows[lo:hi])] = -torch.inf
-        out.append(torch.topk(scores, k, dim=1).indices)
+                at = (torch.from_numpy(which), torch.from_numpy(rows[lo:hi]))
+                scores[at[0].to(scores.device), at[1].to(scores.device)] = -torch.inf
+        out.append(torch.topk(scores, k, dim=1).indices.cpu())
     if not out:
         return torch.empty(0, k, dtype=torch.long)
     return torch.cat(out)
@@ -267,14 +271,26 @@ class Reference:
 
     Attributes:
         rank: (user ids [U], corpus item ids [N], k, lists int [U, k] item ids,
-            exposure float [num_items] or None) -> :class:`OracleLists` (with the
-            exposure-weighted shares when an exposure is given).
+            exposure float [num_items] or None, exclude: CSR (indptr [U + 1],
+            corpus rows) of each user's items left out of the ranking, or None)
+            -> :class:`OracleLists` (with the exposure-weighted shares when an
+            exposure is given; the excluded items hold no click mass).
         item_group: int [num_items] group of each item id (e.g. its category), or None.
         user_groups: user ids [U] -> bool [U, G], the groups each user has yet to
             discover, or None.
     """
 
-    rank: Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray | None], OracleLists]
+    rank: Callable[
+        [
+            np.ndarray,
+            np.ndarray,
+            int,
+            np.ndarray,
+            np.ndarray | None,
+            tuple[np.ndarray, np.ndarray] | None,
+        ],
+        OracleLists,
+    ]
     item_group: np.ndarray | None = None
     user_groups: Callable[[np.ndarray], np.ndarray] | None = None
     #: (column, value) of a slice of the test split -> float [num_items] exposure
@@ -371,7 +387,10 @@ class FullCorpusEvaluator:
             exposures: int [num_items] train exposures per item id: enables
                 ``tail_recall``, the decile table (and ``coverage`` needs nothing).
             exclude: int [Q, 2] (user id, item id) pairs to drop from the user's
-                ranking (e.g. train positives).
+                ranking (e.g. train positives); they leave the user's positives
+                too (an item that cannot be returned is not judged), and the
+                oracle ranks without them alike. Users left without positives
+                are not evaluated.
             reference: enables the ``oracle_*`` and ``discovery`` metrics.
             long_tail_k: the k of tail recall, coverage, discovery, deciles, oracle.
             exposure: float [num_items] exposure probability of each item id in the
@@ -380,6 +399,13 @@ class FullCorpusEvaluator:
                 available during the evaluated rows' period (:attr:`span`).
         """
         pairs = self.positive_pairs()
+        if exclude is not None and len(pairs):
+            exclude = np.asarray(exclude, dtype=np.int64).reshape(-1, 2)
+            width = int(max(pairs[:, 1].max(), exclude[:, 1].max(initial=0))) + 1
+            known = np.isin(
+                pairs[:, 0] * width + pairs[:, 1], exclude[:, 0] * width + exclude[:, 1]
+            )
+            pairs = pairs[~known]
         users, starts, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
         corpus_ids = item_ids.cpu().numpy().astype(np.int64)
         if windows is not None and self.span[0] <= self.span[1]:
@@ -388,7 +414,7 @@ class FullCorpusEvaluator:
             item_emb = item_emb[torch.from_numpy(available).to(item_emb.device)]
         k_max = max(*ks, long_tail_k)
         csr = _exclusion_csr(users, corpus_ids, exclude) if exclude is not None else None
-        queries = torch.from_numpy(self.queries[users])
+        queries = torch.from_numpy(self.queries[users]).to(item_emb.device)
         rows = topk_items(queries, item_emb.float(), k_max, exclude=csr)
         topk = corpus_ids[rows.numpy()]
         # Membership of (user, item) in the positive pairs, vectorised via one key.
@@ -410,7 +436,7 @@ class FullCorpusEvaluator:
                 hits, topk, pairs[:, 1], ranks, exposures, len(corpus_ids), k
             )
         if reference is not None and len(users):
-            oracle = reference.rank(users, corpus_ids, k, topk[:, :k], exposure)
+            oracle = reference.rank(users, corpus_ids, k, topk[:, :k], exposure, csr)
             best = oracle.best
             best_hits = np.isin(users[:, None] * span + best, pos_keys)
             out[f"oracle_recall@{k}"] = float(np.mean(best_hits.sum(axis=1) / counts))

@@ -35,8 +35,8 @@ def world_reference(dataset_dir: str | Path) -> Reference | None:
         return random_slice_exposure(world) if random else None
 
     return Reference(
-        rank=lambda users, corpus_ids, k, lists, exposure: oracle_lists(
-            world, users, corpus_ids, k, lists, exposure
+        rank=lambda users, corpus_ids, k, lists, exposure, exclude: oracle_lists(
+            world, users, corpus_ids, k, lists, exposure, exclude
         ),
         item_group=world.item_l2(),
         user_groups=lambda users: latent_interests(world, users),
@@ -60,12 +60,15 @@ def oracle_lists(
     k: int,
     lists: np.ndarray | None = None,
     exposure: np.ndarray | None = None,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> OracleLists:
     """The k corpus items with the highest true P(click) at position 0 for each
     user, best first (ties by corpus order), and the share of the user's click
     probability mass over the corpus that they and ``lists`` (item ids [U, k'],
     e.g. a model's top k) hold; with ``exposure`` (float [num_items] by item id)
     the same shares again with each probability weighted by the item's exposure.
+    ``exclude`` (CSR: indptr [U + 1], corpus rows) names each user's items left
+    out of the ranking: they get probability 0, so neither rank nor count.
 
     Users are scored in chunks of about :data:`PAIRS_PER_CHUNK` pairs (about 5 s
     per 20M pairs on one core).
@@ -83,6 +86,11 @@ def oracle_lists(
     for start in range(0, len(users), step):
         u = users[start : start + step]
         p, _ = oracle_probabilities(world, u[:, None], corpus_ids[None, :], 0)
+        if exclude is not None:
+            indptr, items = exclude
+            stop = start + len(u)
+            counts = np.diff(indptr[start : stop + 1])
+            p[np.repeat(np.arange(len(u)), counts), items[indptr[start] : indptr[stop]]] = 0.0
         part = np.argpartition(-p, k - 1, axis=1)[:, :k]
         # order the k best by probability (stable on corpus position for ties)
         order = np.lexsort((part, -np.take_along_axis(p, part, axis=1)), axis=1)

@@ -94,6 +94,18 @@ def build_index(emb: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dict[st
     return index, info
 
 
+def index_metrics(info: dict[str, Any]) -> dict[str, float]:
+    """The measured part of a manifest's ``index`` entry (:func:`measure_index`'s
+    keys) as flat metrics: ``index/recall_vs_exact@k``, ``index/latency_p50_ms``,
+    ``index/latency_p99_ms``."""
+    k = int(info["k"])
+    return {
+        f"index/recall_vs_exact@{k}": float(info["recall_vs_exact"]),
+        "index/latency_p50_ms": float(info["latency_ms"]["p50"]),
+        "index/latency_p99_ms": float(info["latency_ms"]["p99"]),
+    }
+
+
 def measure_index(
     index: faiss.Index, emb: np.ndarray, queries: np.ndarray, k: int = 100
 ) -> dict[str, Any]:

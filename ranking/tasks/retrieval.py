@@ -119,10 +119,14 @@ class StreamingFrequency(nn.Module):
     """Per-item streaming estimate of how often an item appears in a batch (Yi et al.
     2019, Algorithm 2 without hashing: ids index the arrays directly).
 
-    ``last[j]`` is the last step that held item j, ``delta[j]`` the smoothed gap
-    between such steps; ``1 / delta[j]`` estimates the expected count of j per
-    batch. The first time j is seen at step t its gap is t (steps until its
-    first appearance); later ``delta <- (1 - alpha) delta + alpha (t - last)``.
+    ``last[j]`` is the last step that held item j, ``delta[j]`` the smoothed number
+    of steps per occurrence of j; ``1 / delta[j]`` estimates the expected count of
+    j per batch (which exceeds 1 for a head item: each copy of it is a negative
+    for the other rows). A step holding j c times after a gap of g steps since
+    the last one contributes g / c (the paper's per-example updates give the
+    second and later copies of a batch a gap of 0, so without the division a
+    head item's count would stop at 1). The first time j is seen, at step t,
+    ``delta = t / c``; later ``delta <- (1 - alpha) delta + alpha (t - last) / c``.
     Items never seen have expected count 0. State is in buffers, so it is saved
     and restored with checkpoints.
 
@@ -142,9 +146,9 @@ class StreamingFrequency(nn.Module):
     def update(self, item_ids: torch.Tensor) -> None:
         """Record one training step whose batch holds ``item_ids``."""
         self.step += 1
-        ids = torch.unique(item_ids)
+        ids, counts = torch.unique(item_ids, return_counts=True)
         last = self.last[ids]
-        gap = (self.step - last.clamp(min=0)).to(self.delta.dtype)
+        gap = (self.step - last.clamp(min=0)).to(self.delta.dtype) / counts.to(self.delta.dtype)
         seen = last >= 0
         old = self.delta[ids]
         self.delta[ids] = torch.where(seen, (1 - self.alpha) * old + self.alpha * gap, gap)
@@ -232,6 +236,11 @@ class RetrievalTask(nn.Module):
             raise ValueError(f"logq_source must be one of {LOGQ_SOURCES}, got {logq_source!r}")
         if temperature <= 0 or min_temperature <= 0:
             raise ValueError("temperatures must be positive")
+        if learn_temperature and not min_temperature <= temperature <= 1.0:
+            raise ValueError(
+                f"a learned temperature is kept in [min_temperature, 1] = [{min_temperature}, 1]; "
+                f"its initial value {temperature} lies outside"
+            )
         if num_sampled < 0:
             raise ValueError(f"num_sampled must be >= 0, got {num_sampled}")
         if softmax_weight < 0 or impression_weight < 0 or not (softmax_weight or impression_weight):
@@ -272,6 +281,7 @@ class RetrievalTask(nn.Module):
             self.exposure_matrix = self.exposure_bias = None
         # offset of the impression loss's logit (base click rate)
         self.impression_bias = nn.Parameter(torch.tensor(-2.0)) if impression_weight else None
+        self.learn_temperature = bool(learn_temperature)
         self.max_inverse_temperature = 1.0 / min_temperature
         log_inv = torch.tensor(math.log(1.0 / temperature))
         if learn_temperature:
@@ -323,7 +333,10 @@ class RetrievalTask(nn.Module):
                 self.row_prob.copy_(rows / rows.sum())
 
     def inverse_temperature(self) -> torch.Tensor:
-        return self.log_inverse_temperature.exp().clamp(1.0, self.max_inverse_temperature)
+        """1 / temperature: the fixed value, or the learned one clamped to
+        ``[1, 1 / min_temperature]``."""
+        inv = self.log_inverse_temperature.exp()
+        return inv.clamp(1.0, self.max_inverse_temperature) if self.learn_temperature else inv
 
     @property
     def needs_all_rows(self) -> bool:
@@ -457,6 +470,10 @@ class RetrievalTask(nn.Module):
             masked = masked | unavailable
         if hard is not None and hard_ids is not None and hard_mask is not None and hard.shape[0]:
             hard_logits = user @ hard.T * scale
+            if self.exposure_adjustment:  # the same prior as every other candidate
+                hard_logits = hard_logits + self.exposure_adjustment * self.log_exposure[
+                    hard_ids
+                ].unsqueeze(0)
             if self.exposure_weight:
                 with torch.no_grad():
                     hard_prior = self.exposure_score(user, hard, hard_ids)
