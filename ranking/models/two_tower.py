@@ -45,7 +45,9 @@ class TwoTower(nn.Module):
         hidden: hidden sizes of each tower's MLP.
         out_dim: embedding size D.
         normalize: L2-normalise both towers' outputs.
-        sequence_pooling: ``mean`` or ``attention`` (user-side sequences).
+        sequence_pooling: ``mean`` (the table's own pooling: the schema's
+            ``pooling``, mean unless it says sum) or ``attention`` (user-side
+            sequences).
         attention_heads: heads of the attention pooling (its output is heads x D_table).
         attention_hidden: width of the attention scoring layer.
         dropout: dropout after each hidden layer of both towers.
