@@ -34,7 +34,8 @@ the streaming estimator of Yi et al. (one slot per item id instead of a hash:
 the average number of steps between two batches that hold the item, updated
 with rate ``alpha``; its inverse is the per-batch expected count). With the
 correction off every candidate is treated as uniformly drawn: no offset.
-Hard negatives are not drawn from the proposal and take no correction.
+Hard negatives are not drawn from the proposal and take no logQ correction
+(the exposure adjustment below applies to them as to every candidate).
 
 **Exposure adjustment** (optional, ``exposure_adjustment`` = beta > 0). The
 corrected softmax estimates the log's own distribution, log P(i | u), and the
@@ -123,9 +124,8 @@ class StreamingFrequency(nn.Module):
     of steps per occurrence of j; ``1 / delta[j]`` estimates the expected count of
     j per batch (which exceeds 1 for a head item: each copy of it is a negative
     for the other rows). A step holding j c times after a gap of g steps since
-    the last one contributes g / c (the paper's per-example updates give the
-    second and later copies of a batch a gap of 0, so without the division a
-    head item's count would stop at 1). The first time j is seen, at step t,
+    the last one contributes g / c, the mean gap per copy (one update of g per
+    step would stop a head item's count at 1). The first time j is seen, at step t,
     ``delta = t / c``; later ``delta <- (1 - alpha) delta + alpha (t - last) / c``.
     Items never seen have expected count 0. State is in buffers, so it is saved
     and restored with checkpoints.
