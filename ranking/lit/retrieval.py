@@ -300,7 +300,7 @@ class RetrievalModule(FusedTables):
             for batch in dm.slice_dataloader("test", column, value):
                 keep = self.task.positives(batch.labels)
                 evaluator.add_positives(batch.user_ids[keep], batch.item_ids[keep])
-            if not len(evaluator.positive_pairs()):
+            if not sum(len(p) for p in evaluator.pairs):
                 log.warning(
                     "retrieval: the slice %s (%s == %s) holds no positive test row; "
                     "its metrics are not reported",

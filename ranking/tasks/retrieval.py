@@ -444,11 +444,15 @@ class RetrievalTask(nn.Module):
         sampled candidate could not be shown at row b's time (masked out)."""
         b = user.shape[0]
         cands, cand_ids = _candidates(item, item_ids, sampled, sampled_ids)
-        scale = self.inverse_temperature()
-        logits = user @ cands.T * scale  # [B, B + M]
-        if self.logq:
-            m = cand_ids.shape[0] - b
-            logits = logits - self.log_expected_count(cand_ids, b, m).unsqueeze(0)
+        proposal = cand_ids.shape[0]  # the B + M columns drawn from the proposal
+        has_hard = hard is not None and hard_ids is not None and hard_mask is not None
+        if has_hard and hard.shape[0]:
+            cands, cand_ids = torch.cat([cands, hard]), torch.cat([cand_ids, hard_ids])
+        logits = user @ cands.T * self.inverse_temperature()  # [B, B + M + H]
+        if self.logq:  # hard negatives are not drawn from the proposal: no correction
+            offset = self.log_expected_count(cand_ids[:proposal], b, proposal - b)
+            logits[:, :proposal] -= offset.unsqueeze(0)
+        # the priors apply to every candidate alike, hard negatives included
         if self.exposure_adjustment:
             logits = logits + self.exposure_adjustment * self.log_exposure[cand_ids].unsqueeze(0)
         if self.exposure_weight:  # the exposure prior, held fixed (see the module docstring)
@@ -467,22 +471,9 @@ class RetrievalTask(nn.Module):
                     f"batch row {r}: its own item {int(item_ids[r])} is unavailable at the "
                     "row's time (validate the dataset: every row must lie in its item's window)"
                 )
-            masked = masked | unavailable
-        if hard is not None and hard_ids is not None and hard_mask is not None and hard.shape[0]:
-            hard_logits = user @ hard.T * scale
-            if self.exposure_adjustment:  # the same prior as every other candidate
-                hard_logits = hard_logits + self.exposure_adjustment * self.log_exposure[
-                    hard_ids
-                ].unsqueeze(0)
-            if self.exposure_weight:
-                with torch.no_grad():
-                    hard_prior = self.exposure_score(user, hard, hard_ids)
-                hard_logits = hard_logits + hard_prior
-            logits = torch.cat([logits, hard_logits], dim=1)
-            hard_out = ~hard_mask
-            if self.mask_accidental_hits:
-                hard_out = hard_out | (hard_ids.unsqueeze(0) == item_ids.unsqueeze(1))
-            masked = torch.cat([masked, hard_out], dim=1)
+            masked[:, :proposal] |= unavailable
+        if cand_ids.shape[0] > proposal:  # hard negatives of other users' rows
+            masked[:, proposal:] |= ~hard_mask
         return logits.masked_fill(masked, torch.finfo(logits.dtype).min)
 
     def loss(
