@@ -386,3 +386,23 @@ def test_availability_windows_restrict_the_corpus_for_model_and_oracle():
     np.testing.assert_array_equal(seen[0], np.sort(item_ids[keep]))
     full = ev.compute(emb, ids, ks=(k,), long_tail_k=k)
     assert full.metrics["corpus_items"] == n_items
+
+
+def test_decile_figure_draws_each_deciles_recall_and_marks_empty_ones():
+    from ranking.metrics.decile_plot import decile_figure
+
+    recall = [0.0, 0.1, float("nan"), 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.95]
+    positives = [5, 10, 0, 10, 10, 10, 10, 10, 10, 20]
+    table = {"decile": list(range(10)), "positives": positives, "recall@100": recall}
+    fig = decile_figure(table, "test")
+    (ax,) = fig.axes
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == [0.0 if math.isnan(r) else r for r in recall]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["5", "10", "no positives", "10", "10", "10", "10", "10", "10", "20"]
+    assert ax.get_ylabel() == "recall@100"
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")  # renders without pyplot or a display
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"

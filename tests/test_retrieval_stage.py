@@ -165,6 +165,7 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
     files = {a.path for a in client.list_artifacts(child.info.run_id, "retrieval")}
     assert "retrieval/test_recall_by_decile.json" in files
     assert "retrieval/test_random_recall_by_decile.csv" in files
+    assert "retrieval/test_recall_by_decile.png" in files
 
 
 def test_a_slice_column_missing_from_some_test_files_is_refused(tmp_path):

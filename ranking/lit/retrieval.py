@@ -18,6 +18,7 @@ from ranking.data.corpus_sampler import CorpusSampler
 from ranking.data.files import file_columns
 from ranking.data.retrieval_stats import ItemCounts, item_counts
 from ranking.lit.fused_tables import FusedTables
+from ranking.metrics.decile_plot import log_decile_figure
 from ranking.metrics.retrieval import FullCorpusEvaluator, Reference, RetrievalReport
 from ranking.models.two_tower import TwoTower
 from ranking.tasks.retrieval import RetrievalTask
@@ -45,7 +46,7 @@ class RetrievalModule(FusedTables):
     with a synthetic world, the oracle. Metric keys: ``valid/recall@100``,
     ``test/tail_recall@100``, ``test_random/oracle_recall@100``, ...; the recall
     by popularity decile goes to the MLflow run as a table per stage
-    (``retrieval/<stage>_recall_by_decile.json`` and ``.csv``) and to
+    (``retrieval/<stage>_recall_by_decile.json``, ``.csv`` and a ``.png`` bar chart) and to
     :attr:`last_tables`.
 
     Optimisation (:class:`~ranking.lit.fused_tables.FusedTables`): ``optimizer``
@@ -249,7 +250,7 @@ class RetrievalModule(FusedTables):
             self._log_table(stage, report.deciles)
 
     def _log_table(self, stage: str, table: dict[str, list]) -> None:
-        """The decile table as an MLflow table (JSON) and CSV in the stage's run."""
+        """The decile table as an MLflow table (JSON), a CSV and a bar chart (PNG) in the stage's run."""
         logger = self.logger
         if not isinstance(logger, MLFlowLogger) or not logger.run_id:
             return
@@ -260,6 +261,7 @@ class RetrievalModule(FusedTables):
         writer.writerow(list(table))
         writer.writerows(zip(*table.values(), strict=True))
         logger.experiment.log_text(logger.run_id, buf.getvalue(), f"{name}.csv")
+        log_decile_figure(logger.experiment, logger.run_id, table, stage, f"{name}.png")
 
     def _eval_end(self, stage: str) -> None:
         items, ids = self.corpus_embeddings()
