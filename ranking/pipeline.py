@@ -52,7 +52,13 @@ def prepare_dataset(cfg: DictConfig) -> Path:
     return path
 
 
-def build_datamodule(cfg: DictConfig, path: Path, train_filter: str | None = None) -> RecDataModule:
+def build_datamodule(
+    cfg: DictConfig,
+    path: Path,
+    train_filter: str | tuple[str | float, ...] | None = None,
+    train_group_by: str | None = None,
+    train_positive_groups_only: bool = False,
+) -> RecDataModule:
     dm = RecDataModule(
         path=path,
         batch_size=cfg.data.batch_size,
@@ -61,6 +67,8 @@ def build_datamodule(cfg: DictConfig, path: Path, train_filter: str | None = Non
         seed=cfg.seed,
         validate=cfg.data.validate,
         train_filter=train_filter,
+        train_group_by=train_group_by,
+        train_positive_groups_only=train_positive_groups_only,
     )
     dm.setup()
     return dm
@@ -120,7 +128,11 @@ def build_stage(stage: str, cfg: DictConfig, schema: Schema) -> pl.LightningModu
 
 def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
     """Retrieval trains on positive rows only (its task's label; every row when its
-    loss reads the other impressions too); ranking on all."""
+    loss reads the other impressions too, or, with ``retrieval.positive_groups_only``,
+    those of the requests that hold a positive); ranking on all.
+    ``retrieval.group_by`` shuffles retrieval's train rows request by request."""
+    if stage != "retrieval":
+        return build_datamodule(cfg, path)
     task = cfg.retrieval.task
     all_rows = RetrievalTask.reads_all_rows(
         task.get("hard_negatives", False),
@@ -128,11 +140,25 @@ def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
         task.get("exposure_weight", 0.0),
     )
     share = float(cfg.retrieval.get("negative_share", 1.0))  # of the other impressions
+    group_by = cfg.retrieval.get("group_by")
+    groups_only = bool(cfg.retrieval.get("positive_groups_only", False))
+    if groups_only and (
+        group_by is None
+        or not task.get("hard_negatives", False)
+        or task.get("impression_weight", 0.0)
+        or task.get("exposure_weight", 0.0)
+    ):
+        raise ValueError(
+            "retrieval.positive_groups_only keeps the impressions of requests with a positive, "
+            "the rows hard negatives need: it needs retrieval.group_by and "
+            "retrieval.task.hard_negatives=true, and would bias the impression and exposure "
+            "losses (their weights must be 0)"
+        )
     rows = task.positive_label
     if all_rows:
-        rows = (task.positive_label, 1.0, share) if share < 1 else None
-    dm = build_datamodule(cfg, path, train_filter=rows if stage == "retrieval" else None)
-    if stage == "retrieval" and cfg.retrieval.get("batch_size"):
+        rows = (task.positive_label, 1.0, share) if share < 1 or groups_only else None
+    dm = build_datamodule(cfg, path, rows, group_by, groups_only)
+    if cfg.retrieval.get("batch_size"):
         dm.batch_size = int(cfg.retrieval.batch_size)  # its own train batch (positives)
     return dm
 

@@ -44,7 +44,7 @@ SCHEMA = {
     "time": "ts",
     "labels": ["click", "purchase"],
     "oracle": {"click": "p_click", "purchase": "p_purchase"},
-    "ignore": ["policy"],
+    "ignore": ["policy", "request"],
     "files": {
         "train": "train",
         "valid": "valid",
@@ -127,6 +127,8 @@ def _impressions(
             "p_click": p_click,
             "p_purchase": np.full(n, 0.1),
             "policy": rng.choice(["logging", "random"], n),
+            # a request: runs of 5 consecutive rows (a string key)
+            "request": [f"r{u // 5}" for u in user_ids],
         }
     )
     return pa.table(cols)
@@ -455,6 +457,116 @@ def test_row_filter_yields_each_positive_exactly_once(data, converter) -> None:
     assert sorted(ids) == positives
     with pytest.raises(ValueError, match="row_filter"):
         ParquetIterableDataset(schema, "train", converter, 64, row_filter="price")
+
+
+def test_group_helpers_against_loops() -> None:
+    from ranking.data.groups import group_permutation, runs_holding
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(0, 40))
+        raw = rng.integers(0, 6, n).tolist()
+        keys = [None if k == 0 else f"k{k}" for k in raw]  # strings, and nulls
+        marked = rng.uniform(size=n) < 0.2
+        order = group_permutation(pa.array(keys, pa.string()), rng)
+        assert sorted(order.tolist()) == list(range(n))
+        # each key's rows are one block, in their original order; a null is its own block
+        blocks = []
+        for i in order.tolist():
+            key = keys[i] if keys[i] is not None else ("null", i)
+            if not blocks or blocks[-1][0] != key:
+                blocks.append((key, []))
+            blocks[-1][1].append(i)
+        assert len({b[0] for b in blocks}) == len(blocks)
+        assert all(b[1] == sorted(b[1]) for b in blocks)
+        # a run: consecutive equal (non-null) keys
+        want = []
+        start = 0
+        for i in range(1, n + 1):
+            if i == n or keys[i] is None or keys[i] != keys[i - 1]:
+                want += [bool(marked[start:i].any())] * (i - start)
+                start = i
+        assert runs_holding(pa.array(keys, pa.string()), marked).tolist() == want
+
+
+def test_group_by_shuffles_requests_whole(data, converter) -> None:
+    schema, tables = data
+    args = dict(
+        schema=schema,
+        split="train",
+        converter=converter,
+        batch_size=64,
+        shuffle=True,
+        seed=3,
+        shard_rows=256,
+        buffer_shards=2,
+        group_by="request",
+    )
+    expected = sorted(tables["train"]["user_id"].to_pylist())
+    orders, per_batch = [], []
+    for epoch in (0, 1):
+        got = _epoch_ids(args, epoch)  # 2 ranks x 2 workers; len(loader) checked inside
+        batches = [b.tolist() for r in (0, 1) for b in got[r]]
+        ids = [i for b in batches for i in b]
+        assert sorted(ids) == expected  # every row exactly once
+        batch_of = {}
+        for n, b in enumerate(batches):
+            # a request's rows follow each other (user_id names the row)
+            runs = np.split(np.asarray(b), np.flatnonzero(np.diff(np.asarray(b) // 5)) + 1)
+            assert len({int(run[0]) // 5 for run in runs}) == len(runs)  # no request twice
+            for i in b:
+                batch_of.setdefault(i // 5, set()).add(n)
+        # a request leaves its batch only where a batch, a chunk (256 rows), a file
+        # or a worker's part ends inside it
+        split = sum(len(v) > 1 for v in batch_of.values())
+        assert split <= len(batches) + SPLIT_ROWS["train"] // 256 + 3 + 4
+        assert split < 0.2 * len(batch_of)
+        orders.append(ids)
+        per_batch.append(sum(len(set(i // 5 for i in b)) for b in batches))
+    assert orders[0] != orders[1]
+    plain = _epoch_ids({**args, "group_by": None}, 0)
+    # a row shuffle scatters requests: about twice as many requests per batch
+    assert per_batch[0] < 0.5 * sum(
+        len(np.unique(b.numpy() // 5)) for r in (0, 1) for b in plain[r]
+    )
+
+
+def test_positive_groups_only_keeps_the_others_of_requests_with_a_positive(data, converter) -> None:
+    schema, tables = data
+    args = dict(
+        schema=schema,
+        split="train",
+        converter=converter,
+        batch_size=64,
+        shuffle=True,
+        seed=1,
+        shard_rows=256,
+        group_by="request",
+        positive_groups_only=True,
+    )
+    ds = ParquetIterableDataset(**args, row_filter=("purchase", 1.0, 1.0))
+    # brute force: a row stays if it is a purchase or its request (a run of equal keys
+    # within one shard) holds a purchase
+    want = []
+    for shard in ds.shards:
+        t = pq.read_table(shard.path, columns=["user_id", "purchase", "request"])
+        t = t.slice(shard.start, shard.num_rows)
+        users, bought, reqs = (t[c].to_pylist() for c in ("user_id", "purchase", "request"))
+        with_one = {r for r, c in zip(reqs, bought, strict=True) if c == 1}
+        want += [u for u, r in zip(users, reqs, strict=True) if r in with_one]
+    train = tables["train"]
+    assert len(want) < 0.9 * train.num_rows  # requests without a purchase exist
+    got = _epoch_ids({**args, "row_filter": ("purchase", 1.0, 1.0)}, epoch=0)
+    ids = sorted(int(i) for r in (0, 1) for b in got[r] for i in b)
+    assert ids == sorted(want)
+    assert ds.num_rows == len(want)
+    half = _epoch_ids({**args, "row_filter": ("purchase", 1.0, 0.5)}, epoch=0)
+    ids_half = {int(i) for r in (0, 1) for b in half[r] for i in b}
+    positives = set(np.asarray(train["user_id"])[np.asarray(train["purchase"]) == 1].tolist())
+    assert positives <= ids_half <= set(want)
+    assert 0.3 < len(ids_half - positives) / len(set(want) - positives) < 0.7
+    with pytest.raises(ValueError, match="positive_groups_only"):
+        ParquetIterableDataset(schema, "train", converter, 64, positive_groups_only=True)
 
 
 def test_eval_split_is_unshuffled_and_complete_with_workers(data, converter) -> None:

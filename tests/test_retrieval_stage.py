@@ -64,6 +64,10 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
                 "retrieval.task.learn_temperature=true",
                 "retrieval.eval.exclude_train=true",
                 "retrieval.task.mask_unavailable=true",
+                # hard negatives from the clicked requests, shuffled request by request
+                "retrieval.task.hard_negatives=true",
+                "retrieval.group_by=request_id",
+                "retrieval.positive_groups_only=true",
                 # a slice no test row falls in: warned about, not reported as NaNs
                 "+retrieval.eval.slices.test_none={column: policy, value: 7}",
             ],
@@ -113,6 +117,9 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
         module, metrics = train_stage("retrieval", cfg, tiny_dataset, tracker, tmp_path)
     if tracked:  # the default: fused SGD tables
         assert module.model.fused and module.sparse_lr == cfg.retrieval.optimizer.sparse.lr
+        dm = module.trainer.datamodule
+        assert dm.train_filter == ("click", 1.0, 1.0) and dm.train_group_by == "request_id"
+        assert dm.train_positive_groups_only
     # the corpus ranked at test: the items whose availability window meets the test rows
     ts = pads.dataset(tiny_dataset / "test").to_table(columns=["ts"])["ts"].to_numpy()
     windows = read_windows(module.trainer.datamodule.schema)
@@ -185,6 +192,28 @@ def test_a_slice_column_missing_from_some_test_files_is_refused(tmp_path):
         _has_column(schema, "test", "policy")
     assert _has_column(schema, "test", "x")
     assert not _has_column(schema, "test", "device")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["retrieval.positive_groups_only=true", "retrieval.task.hard_negatives=true"],
+        ["retrieval.positive_groups_only=true", "retrieval.group_by=request_id"],
+        [
+            "retrieval.positive_groups_only=true",
+            "retrieval.group_by=request_id",
+            "retrieval.task.hard_negatives=true",
+            "retrieval.task.impression_weight=1",
+        ],
+    ],
+    ids=["no-group", "no-hard-negatives", "impression-loss"],
+)
+def test_positive_groups_only_is_refused_where_it_would_mislead(tiny_dataset, options):
+    from ranking.pipeline import stage_datamodule
+
+    cfg = compose_train([*tiny_overrides(tiny_dataset), "mlflow.enabled=false", *options])
+    with pytest.raises(ValueError, match="positive_groups_only"):
+        stage_datamodule("retrieval", cfg, tiny_dataset)
 
 
 def test_mask_unavailable_without_windows_is_refused(tiny_dataset, tmp_path):

@@ -59,6 +59,10 @@ class RecDataModule(pl.LightningDataModule):
             :class:`ParquetIterableDataset` (e.g. ``("click", 1, 0.1)``: clicks
             plus 10% of the other rows). Valid/test, the corpus and the dense
             statistics are not filtered.
+        train_group_by, train_positive_groups_only: the train loader's
+            ``group_by`` and ``positive_groups_only`` (see
+            :class:`ParquetIterableDataset`): shuffle a request's rows together,
+            and keep the other rows of the filter only in requests with a positive.
 
     Example::
 
@@ -82,6 +86,8 @@ class RecDataModule(pl.LightningDataModule):
         shard_rows: int = DEFAULT_SHARD_ROWS,
         buffer_shards: int = DEFAULT_BUFFER_SHARDS,
         train_filter: str | tuple[str | float, ...] | None = None,
+        train_group_by: str | None = None,
+        train_positive_groups_only: bool = False,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -96,6 +102,8 @@ class RecDataModule(pl.LightningDataModule):
         self.shard_rows = shard_rows
         self.buffer_shards = buffer_shards
         self.train_filter = train_filter
+        self.train_group_by = train_group_by
+        self.train_positive_groups_only = train_positive_groups_only
         self.schema: Schema | None = None
         self.stats: DenseStats | None = (
             DenseStats.from_dict(stats) if isinstance(stats, dict) else stats
@@ -167,6 +175,8 @@ class RecDataModule(pl.LightningDataModule):
         batch_size: int,
         drop_last: bool = False,
         row_filter: str | tuple[str, float] | None = None,
+        group_by: str | None = None,
+        positive_groups_only: bool = False,
     ) -> ParquetIterableDataset:
         schema, converter = self._ready()
         return ParquetIterableDataset(
@@ -180,13 +190,23 @@ class RecDataModule(pl.LightningDataModule):
             shard_rows=self.shard_rows,
             buffer_shards=self.buffer_shards,
             row_filter=row_filter,
+            group_by=group_by,
+            positive_groups_only=positive_groups_only,
         )
 
     def train_dataloader(self) -> RecDataLoader:
         drop_last = self.drop_last
         if drop_last is None:
             drop_last = self.trainer is not None and self.trainer.world_size > 1
-        ds = self.split_dataset("train", True, self.batch_size, drop_last, self.train_filter)
+        ds = self.split_dataset(
+            "train",
+            True,
+            self.batch_size,
+            drop_last,
+            self.train_filter,
+            self.train_group_by,
+            self.train_positive_groups_only,
+        )
         return self._loader(ds, epoch_fn=self.current_epoch)
 
     def val_dataloader(self) -> RecDataLoader:

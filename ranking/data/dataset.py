@@ -15,7 +15,8 @@ Sharding (every row exactly once per epoch, across ranks and workers):
    row count (+-1) whatever the file layout, which keeps DDP ranks in step.
 3. A worker reads its pieces in chunks of at most ``shard_rows`` rows, drawn
    round-robin from ``buffer_shards`` pieces at a time, gathers a window of about
-   ``buffer_shards * shard_rows`` rows, permutes the window's rows with a
+   ``buffer_shards * shard_rows`` rows, permutes the window's rows (or its
+   groups of rows, with ``group_by``) with a
    generator seeded by ``(seed, epoch, part)``, and cuts batches; the rows left
    over (fewer than a batch) carry into the next window, so every batch is
    full except a worker's last one. Without shuffling, pieces are read in order.
@@ -53,6 +54,7 @@ from ranking.data.batch import Batch
 from ranking.data.convert import BatchConverter
 from ranking.data.errors import DataError
 from ranking.data.files import csv_column_types, file_columns, iter_record_batches
+from ranking.data.groups import group_permutation, runs_holding
 from ranking.hashing import hash_int, string_to_int
 from ranking.schema import Schema, Side
 
@@ -221,7 +223,9 @@ class _FileRows:
     shard is found by reading that shard from its start. ``(column, value,
     others)`` also keeps a share ``others`` of the remaining rows, a fixed sample
     drawn by a hash of each row's file name and position (e.g. every click plus
-    10% of the impressions without one).
+    10% of the impressions without one). ``(column, value, others, group)``
+    draws those others only from the runs of equal ``group`` (a request) in the
+    shard that hold a matching row (:func:`ranking.data.groups.runs_holding`).
     """
 
     def __init__(
@@ -257,10 +261,28 @@ class _FileRows:
         if self.row_filter is None:
             return shard.num_rows
         probe = _FileRows(
-            [self.row_filter[0]], max(self.chunk_rows, 1 << 16), self.csv_types, self.row_filter
+            self._filter_columns(), max(self.chunk_rows, 1 << 16), self.csv_types, self.row_filter
         )
         probe._open = self._open
         return sum(c.num_rows for c in probe.read(shard, 0, shard.num_rows))
+
+    def _filter_columns(self) -> list[str]:
+        assert self.row_filter is not None
+        group = self.row_filter[3] if len(self.row_filter) > 3 else None
+        return [str(self.row_filter[0]), *([str(group)] if group else [])]
+
+    def _in_marked_runs(self, shard: Shard) -> np.ndarray:
+        """bool [shard rows]: rows whose run of equal group keys holds a matching row
+        (reads the filter's two columns of the whole shard)."""
+        column, value, _, group = self.row_filter
+        probe = _FileRows(self._filter_columns(), max(self.chunk_rows, 1 << 16), self.csv_types)
+        probe._open = self._open
+        chunks = list(probe._read_raw(shard, 0, shard.num_rows))
+        if not chunks:
+            return np.zeros(0, dtype=bool)
+        rows = concat_rows(chunks)
+        match = pc.equal(pc.cast(rows.column(column), pa.float64()), float(value))
+        return runs_holding(rows.column(group), pc.fill_null(match, False).to_numpy())
 
     def read(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.Table]:
         """Rows ``[lo, hi)`` of a shard (shard-relative; kept rows only when filtering),
@@ -269,13 +291,16 @@ class _FileRows:
             yield from self._read_raw(shard, lo, hi)
             return
         pos = raw = 0
-        column, value, others = (*self.row_filter, 0.0)[:3]
+        column, value, others, group = (*self.row_filter, 0.0, None)[:4]
         salt = int(string_to_int([Path(shard.path).name])[0]) if others > 0 else 0
+        in_runs = self._in_marked_runs(shard) if group and others > 0 else None
         for chunk in self._read_raw(shard, 0, shard.num_rows):
             keep = pc.equal(pc.cast(chunk.column(column), pa.float64()), float(value))
             if others > 0:
                 rows = np.arange(raw, raw + chunk.num_rows, dtype=np.int64) + shard.start
                 sampled = hash_int(rows ^ salt, 1 << 24) < int(others * (1 << 24))
+                if in_runs is not None:
+                    sampled &= in_runs[raw : raw + chunk.num_rows]
                 keep = pc.or_(keep, pa.array(sampled))
             raw += chunk.num_rows
             kept = chunk.filter(keep)
@@ -507,6 +532,17 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
             of the other rows (negative downsampling).
             Exactly-once, ``len`` and drop_last then count kept rows; planning
             streams that one column once to count them per shard.
+        group_by: a column of the files (e.g. ``request_id``): shuffling then
+            permutes whole groups of equal key within each window and keeps a
+            group's rows together (:func:`ranking.data.groups.group_permutation`;
+            file order within the group unless it straddles two shards), so a request's rows
+            share a batch unless the batch ends inside it, or the group spans
+            two windows (it then moves as two groups). No effect without shuffle
+            (file order already keeps runs together).
+        positive_groups_only: with ``group_by`` and a ``(column, value, others)``
+            row filter: the others are drawn only from the groups (runs of equal
+            key in a shard) that hold a matching row, e.g. the non-clicked
+            impressions of requests with a click, the hard negatives' rows.
 
     Use with ``DataLoader(ds, batch_size=None, num_workers=...)`` (or
     :class:`RecDataLoader`, which also keeps ``len`` exact and sets the epoch).
@@ -533,6 +569,8 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
         shard_rows: int = DEFAULT_SHARD_ROWS,
         buffer_shards: int = DEFAULT_BUFFER_SHARDS,
         row_filter: str | tuple[str | float, ...] | None = None,
+        group_by: str | None = None,
+        positive_groups_only: bool = False,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -563,7 +601,14 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
             row_filter = (str(column), float(value), float(others))
             if column not in self.columns:
                 self.columns = [*self.columns, str(column)]
-        self.row_filter: tuple[str, float, float] | None = row_filter
+        if positive_groups_only:
+            if group_by is None or row_filter is None:
+                raise ValueError("positive_groups_only needs group_by and a row_filter")
+            row_filter = (*row_filter, str(group_by))
+        self.group_by = None if group_by is None else str(group_by)
+        if self.group_by is not None and self.group_by not in self.columns:
+            self.columns = [*self.columns, self.group_by]
+        self.row_filter: tuple[str | float, ...] | None = row_filter
         csv_types = csv_column_types(schema)
         self.shards = plan_shards(
             schema.split_paths(split), self.shard_rows, self.columns, csv_types
@@ -665,7 +710,12 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
             if limit is not None and emitted >= limit:
                 return
             if self.shuffle:
-                window = window.take(pa.array(rng.permutation(window.num_rows)))
+                order = (
+                    group_permutation(window.column(self.group_by), rng)
+                    if self.group_by is not None
+                    else rng.permutation(window.num_rows)
+                )
+                window = window.take(pa.array(order))
             if carry is not None and carry.num_rows:
                 window = concat_rows([carry, window])
             full = window.num_rows - window.num_rows % bs

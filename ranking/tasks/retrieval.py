@@ -7,7 +7,8 @@ of row b are
 - M items drawn uniformly from the corpus (mixed negative sampling, Yang et
   al., WWW 2020; the same M for every row),
 - optionally, hard negatives: the batch's non-clicked impressions shown to the
-  same user,
+  same user (with a loader that keeps a request's rows together, the other
+  items of the click's own request),
 
 and the loss is the softmax cross-entropy of its own positive among them, with
 logits ``s(u, i) / temperature``.
@@ -184,8 +185,9 @@ class RetrievalTask(nn.Module):
         num_sampled: M, corpus items drawn uniformly per batch as extra negatives.
         hard_negatives: use the batch's non-positive rows of the same user as
             extra negatives (the train loader then yields the non-positive
-            impressions too; rows are shuffled, so few share a batch with a
-            positive of the same user).
+            impressions too; shuffled row by row, few share a batch with a
+            positive of the same user, so shuffle request by request:
+            ``retrieval.group_by``, :class:`~ranking.data.dataset.ParquetIterableDataset`).
         exposure_adjustment: beta of the exposure adjustment (0 = off); needs
             :meth:`set_item_counts` with exposures.
         impression_weight: lambda of the impression loss (0 = off); the train
