@@ -6,20 +6,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ranking.data.batch import Batch
 from ranking.models.tower_head import TowerHead
-from ranking.modules.embedding import feature_dims
 from ranking.modules.fused_embedding import (
-    collection_from_configs,
+    feature_dims,
     is_fused,
     lookup,
     position_key,
+    sparse_arch_from_schema,
 )
 from ranking.modules.sequence_pooling import AttentionPooling
-from ranking.schema import Feature, Kind, Schema, Side
+from ranking.schema import Kind, Schema, Side
 
 POOLINGS = ("mean", "attention")
 
@@ -110,7 +109,14 @@ class TwoTower(nn.Module):
             for f in user
             if sequence_pooling == "attention" and f.kind == Kind.SEQUENCE and f.max_len
         }
-        self.sparse = _collection(schema, user + item, self.attentive, sparse_optimizer)
+        # an attentive sequence is looked up once per position (keys name#p), not pooled
+        self.sparse = sparse_arch_from_schema(
+            schema,
+            user + item,
+            optimizer=sparse_optimizer,
+            positions=self.attentive,
+            pooled_sequences=False,
+        )
         dims = feature_dims(self.sparse)
         self.poolers = nn.ModuleDict(
             {
@@ -191,35 +197,6 @@ class TwoTower(nn.Module):
             self.user_tower(pooled, batch.dense[Side.USER]),
             self.item_tower(pooled, batch.dense[Side.ITEM]),
         )
-
-
-def _collection(
-    schema: Schema,
-    features: list[Feature],
-    attentive: dict[str, int],
-    optimizer: dict[str, Any] | None = None,
-) -> nn.Module:
-    """One (fused with ``optimizer``) embedding bag collection over ``features``'
-    tables; an attentive sequence looks its table up once per position (keys
-    ``name#p``)."""
-    configs = []
-    for t in schema.tables_for(features):
-        names: list[str] = []
-        for name in t.features:
-            if name in attentive:
-                names += [position_key(name, p) for p in range(attentive[name])]
-            else:
-                names.append(name)
-        configs.append(
-            EmbeddingBagConfig(
-                name=t.name,
-                embedding_dim=t.dim,
-                num_embeddings=t.num_rows,
-                feature_names=names,
-                pooling=PoolingType.SUM if t.pooling == "sum" else PoolingType.MEAN,
-            )
-        )
-    return collection_from_configs(configs, optimizer)
 
 
 def _spread_positions(

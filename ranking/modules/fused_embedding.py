@@ -59,6 +59,7 @@ def table_configs(
     features: list[Feature],
     dim: int | None = None,
     positions: dict[str, int] | None = None,
+    pooled_sequences: bool = True,
 ) -> list[EmbeddingBagConfig]:
     """One EmbeddingBagConfig per table looked up by ``features`` (schema order).
 
@@ -66,13 +67,21 @@ def table_configs(
         dim: if given, every table uses this width instead of the schema's.
         positions: sequence feature -> L; adds the keys ``<sequence>#j`` (j < L)
             to the sequence's table (see the module docstring).
+        pooled_sequences: False: a sequence in ``positions`` is looked up by its
+            position keys only (they take its place), not also as a pooled bag.
     """
     positions = positions or {}
     configs = []
     for t in schema.tables_for(features):
-        names = list(t.features)
-        for seq in t.features:
-            names += [position_key(seq, j) for j in range(positions.get(seq, 0))]
+        if pooled_sequences:
+            names = list(t.features)
+            for seq in t.features:
+                names += [position_key(seq, j) for j in range(positions.get(seq, 0))]
+        else:
+            names = []
+            for name in t.features:
+                spread = [position_key(name, j) for j in range(positions.get(name, 0))]
+                names += spread or [name]
         configs.append(
             EmbeddingBagConfig(
                 name=t.name,
@@ -91,6 +100,7 @@ def sparse_arch_from_schema(
     dim: int | None = None,
     optimizer: dict[str, Any] | None = None,
     positions: dict[str, int] | None = None,
+    pooled_sequences: bool = True,
 ) -> EmbeddingBagCollection | FusedEmbeddingBagCollection:
     """The model's embedding tables: fused with ``optimizer``, plain without.
 
@@ -99,9 +109,17 @@ def sparse_arch_from_schema(
             :data:`SPARSE_OPTIMIZERS`, the rest go to fbgemm's kernel, e.g.
             ``eps``, ``weight_decay`` with ``weight_decay_mode`` l2 or decouple). None: a plain EmbeddingBagCollection whose
             weights the dense optimiser updates (dense gradients; for comparison).
-        positions: see :func:`table_configs`.
+        positions, pooled_sequences: see :func:`table_configs`.
     """
-    return collection_from_configs(table_configs(schema, features, dim, positions), optimizer)
+    configs = table_configs(schema, features, dim, positions, pooled_sequences)
+    return collection_from_configs(configs, optimizer)
+
+
+def feature_dims(ebc: EmbeddingBagCollection | FusedEmbeddingBagCollection) -> dict[str, int]:
+    """Width of each feature's pooled output."""
+    return {
+        name: cfg.embedding_dim for cfg in ebc.embedding_bag_configs() for name in cfg.feature_names
+    }
 
 
 def collection_from_configs(
