@@ -44,6 +44,8 @@ def test_cpp_loader_passes_the_test_vectors(check_bundle, bundle):
     for name in ("user_tower", "ranker"):
         assert f"ok   {name} ({name}.pt)" in proc.stdout
         assert f"ok   {name}: wrong dtype" in proc.stdout
+    assert "ok   retrieval: top 10 of " in proc.stdout
+    assert "raw ids match" in proc.stdout
 
 
 def test_cpp_loader_fails_on_a_mismatch(check_bundle, bundle, tmp_path):
@@ -55,3 +57,16 @@ def test_cpp_loader_fails_on_a_mismatch(check_bundle, bundle, tmp_path):
     proc = subprocess.run([str(check_bundle), str(copy), "ranker"], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL ranker" in proc.stdout
+
+
+def test_cpp_retrieval_fails_on_wrong_ids(check_bundle, bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    vectors = torch.load(copy / "test_vectors.pt", weights_only=True)
+    vectors["retrieval"]["item_ids"] = vectors["retrieval"]["item_ids"] + 1
+    torch.save(vectors, copy / "test_vectors.pt")
+    proc = subprocess.run(
+        [str(check_bundle), str(copy), "retrieval"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL retrieval" in proc.stdout and "raw ids DIFFER" in proc.stdout

@@ -148,5 +148,45 @@ def test_missing_file_and_wrong_format_version_are_refused(bundle, tmp_path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_bundle_runs_its_own_test_vectors(loaded, fmt):
     diffs = loaded["bundle"].check_test_vectors(fmt)
-    assert set(diffs) == set(loaded["bundle"].manifest["artifacts"])
+    assert set(diffs) == {*loaded["bundle"].manifest["artifacts"], "retrieval"}
     assert max(diffs.values()) < 1e-5
+
+
+def test_retrieval_case_is_the_brute_force_top_k(bundle):
+    import numpy as np
+
+    vectors = Bundle(bundle).test_vectors()
+    case = vectors["retrieval"]
+    emb = np.load(bundle / "item_embeddings.npy")
+    ids = np.load(bundle / "item_ids.npy")
+    queries = vectors["artifacts"]["user_tower"]["output"].numpy()
+    assert case["query"] == "user_tower" and case["k"] == 10
+    assert case["rows"].shape == (len(queries), 10)
+    for b, q in enumerate(queries):
+        scores = [float(np.dot(q.astype(np.float64), e.astype(np.float64))) for e in emb]
+        best = sorted(range(len(emb)), key=lambda i: (-scores[i], i))[:10]
+        assert case["rows"][b].tolist() == best
+        assert case["item_ids"][b].tolist() == [int(ids[i]) for i in best]
+        assert case["scores"][b].tolist() == pytest.approx([scores[i] for i in best], abs=1e-6)
+    json_case = json.loads((bundle / "test_vectors.json").read_text())["retrieval"]
+    assert json_case["item_ids"] == case["item_ids"].tolist()
+
+
+def test_a_wrong_retrieval_case_is_refused(loaded):
+    b = loaded["bundle"]
+    vectors = b.test_vectors()
+    case = vectors["retrieval"]
+    scores = case["scores"].numpy()
+    # two places whose scores are far apart: swapping their rows is a real error
+    u = 0
+    assert scores[u, 0] - scores[u, 9] > 1e-3
+    swapped = {**case, "rows": case["rows"].clone()}
+    swapped["rows"][u, [0, 9]] = swapped["rows"][u, [9, 0]]
+    with pytest.raises(BundleError, match="retrieval.*corpus row"):
+        b.check_retrieval({**vectors, "retrieval": swapped})
+    other_ids = {**case, "item_ids": case["item_ids"] + 1}
+    with pytest.raises(BundleError, match="raw ids"):
+        b.check_retrieval({**vectors, "retrieval": other_ids})
+    off = {**case, "scores": case["scores"] + 1e-2}
+    with pytest.raises(BundleError, match="retrieval.*score"):
+        b.check_retrieval({**vectors, "retrieval": off})

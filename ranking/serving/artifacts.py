@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ranking.schema import Schema
@@ -55,6 +56,7 @@ def write_artifacts(
     dense_stats: dict[str, Any],
     predictors: dict[str, torch.nn.Module],
     aoti: bool = False,
+    corpus: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, GuardedPredictor]:
     """Write every predictor in every format and complete ``manifest`` in place.
 
@@ -64,6 +66,8 @@ def write_artifacts(
         dense_stats: :meth:`~ranking.data.stats.DenseStats.to_dict` of train.
         predictors: artifact name -> plain-torch predictor (eval mode).
         aoti: also compile AOTInductor packages (slow: ~10 s per artifact).
+        corpus: (item embeddings [N, D], raw item ids [N]) for the test vectors'
+            retrieval case (:func:`ranking.serving.test_vectors.retrieval_case`).
 
     Returns:
         artifact name -> the guarded eager module that every file reproduces.
@@ -94,6 +98,6 @@ def write_artifacts(
         }
     manifest["artifact_formats"] = {k: v for k, v in FORMAT_NAMES.items() if aoti or k != "aoti"}
     shutil.copyfile(preprocess_module.__file__, out / "preprocess.py")
-    vectors = test_vectors.build(schema, dense_stats, manifest, modules)
+    vectors = test_vectors.build(schema, dense_stats, manifest, modules, corpus=corpus)
     manifest["test_vectors"] = test_vectors.save(vectors, out)
     return modules

@@ -8,7 +8,7 @@ Example::
     bundle = Bundle("runs/latest/bundle")          # checks version and sha256s
     ranker = bundle.load("ranker", "torchscript")   # or "pt2", "aoti"
     probs = ranker(inputs)                          # float32 [B, T], manifest's task order
-    bundle.check_test_vectors("pt2")                # {artifact: max abs diff}
+    bundle.check_test_vectors("pt2")                # {artifact or "retrieval": max abs diff}
 
     python -m ranking.serving.bundle runs/latest/bundle   # verify + test vectors, all formats
 """
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 FORMAT_VERSION = 2
@@ -177,7 +178,9 @@ class Bundle:
     @torch.no_grad()
     def check_test_vectors(self, fmt: str = "torchscript") -> dict[str, float]:
         """Max abs difference per artifact between ``fmt`` and the test vectors'
-        expected outputs. Raises BundleError above the recorded tolerance."""
+        expected outputs, and ``retrieval``'s max score difference
+        (:meth:`check_retrieval`) where the vectors hold that case. Raises
+        BundleError above the recorded tolerance."""
         vectors = self.test_vectors()
         tol = float(vectors["tolerance"])
         out = {}
@@ -192,7 +195,76 @@ class Bundle:
             if not diff <= tol:
                 raise BundleError(f"{name} ({fmt}): max abs diff {diff:.3g} > tolerance {tol}")
             out[name] = diff
+        if "retrieval" in vectors:
+            out["retrieval"] = self.check_retrieval(vectors, fmt)
         return out
+
+    @torch.no_grad()
+    def check_retrieval(self, vectors: dict[str, Any], fmt: str = "torchscript") -> float:
+        """Run the retrieval case: the query artifact's outputs on its test inputs,
+        exact inner-product search over ``item_embeddings.npy`` and the raw ids of
+        ``item_ids.npy`` against the recorded top k. Returns the max abs score
+        difference; raises BundleError on a mismatch."""
+        case = vectors["retrieval"]
+        emb = np.load(self.root / "item_embeddings.npy")
+        ids = np.load(self.root / "item_ids.npy")
+        query = self.load(case["query"], fmt)(dict(vectors["artifacts"][case["query"]]["inputs"]))
+        k = int(case["k"])
+        rows, scores = exact_top_k(query.float().numpy(), emb, k + 1)
+        # a query off by the tolerance per element moves a score by at most this much
+        tol = (
+            float(vectors["tolerance"])
+            * np.sqrt(emb.shape[1])
+            * max(float(np.linalg.norm(emb, axis=1).max(initial=0.0)), 1.0)
+        )
+        want_rows, want_scores = case["rows"].numpy(), case["scores"].numpy()
+        nxt = scores[:, k] if scores.shape[1] > k else None
+        why = top_k_mismatch(rows[:, :k], scores[:, :k], want_rows, want_scores, tol, nxt)
+        if why is None and not np.array_equal(ids[want_rows], case["item_ids"].numpy()):
+            why = "item_ids.npy maps the recorded corpus rows to other raw ids"
+        if why is not None:
+            raise BundleError(f"retrieval ({fmt}): {why}")
+        return float(np.abs(scores[:, :k] - want_scores).max(initial=0.0))
+
+
+def exact_top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows int64 [B, k], scores float32 [B, k]): each query's k corpus rows of
+    highest inner product, best first, ties by the lower row (float64 products)."""
+    scores = queries.astype(np.float64) @ corpus.astype(np.float64).T  # [B, N]
+    k = min(k, corpus.shape[0])
+    rows = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.lexsort((rows, -scores), axis=1)[:, :k]
+    return order.astype(np.int64), np.take_along_axis(scores, order, axis=1).astype(np.float32)
+
+
+def top_k_mismatch(
+    got_rows: np.ndarray,
+    got_scores: np.ndarray,
+    want_rows: np.ndarray,
+    want_scores: np.ndarray,
+    tol: float,
+    next_scores: np.ndarray | None = None,
+) -> str | None:
+    """Why two top-k lists [B, k] disagree, or None: every score within ``tol``,
+    and the same row wherever the wanted score is more than ``tol`` from its
+    neighbours (rows of near-equal score may swap); ``next_scores`` [B] (the
+    (k+1)-th score of the checked search) guards the last place the same way."""
+    if got_rows.shape != want_rows.shape:
+        return f"shape {got_rows.shape}, want {want_rows.shape}"
+    diff = np.abs(got_scores.astype(np.float64) - want_scores)
+    if diff.size and diff.max() > tol:
+        b, j = np.unravel_index(int(diff.argmax()), diff.shape)
+        return f"query {b} place {j}: score {got_scores[b, j]:.6g}, want {want_scores[b, j]:.6g}"
+    w = want_scores.astype(np.float64)
+    nxt = np.full(len(w), -np.inf) if next_scores is None else next_scores.astype(np.float64)
+    before = np.concatenate([np.full((len(w), 1), np.inf), w[:, :-1]], axis=1)
+    after = np.concatenate([w[:, 1:], nxt[:, None]], axis=1)
+    clear = (before - w > tol) & (w - after > tol)
+    bad = clear & (got_rows != want_rows)
+    if bad.any():
+        b, j = np.argwhere(bad)[0]
+        return f"query {b} place {j}: corpus row {got_rows[b, j]}, want {want_rows[b, j]}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ Bundle layout (format version 2; ``ranking.serving.bundle`` opens it)::
                          AOTInductor packages, with export.aoti=true); every artifact
                          checks its inputs and maps ids into range (serving.guards)
     preprocess.py        numpy reference of the manifest's ``preprocessing`` contract
-    test_vectors.pt/json raw requests, their tensors, each artifact's expected output
+    test_vectors.pt/json raw requests, their tensors, each artifact's expected output,
+                         and the user-tower outputs' exact top 10 over item_embeddings
     item_embeddings.npy  float32 [N, D], row i = item_ids[i]
     item_ids.npy         int64 [N], raw item id of each corpus row
     items.faiss          FAISS inner-product index over item_embeddings (row = corpus row;
@@ -205,6 +206,7 @@ def export_bundle(
         dense_stats,
         {"user_tower": user_pred, "item_tower": item_pred, "ranker": rank_pred},
         aoti=aoti,
+        corpus=(emb, item_ids),
     )
     manifest["files"] = {
         p.name: _sha256(p)

@@ -15,10 +15,17 @@ The export checks that the numpy reference (:mod:`ranking.serving.preprocess`)
 reproduces every tensor exactly before it writes the files, so the contract and
 the training path cannot drift apart unnoticed.
 
+- ``retrieval`` (format 2): the exact top-``k`` corpus items of each user-tower
+  test vector's output by inner product over ``item_embeddings.npy``: ``rows``
+  int64 [B, k] (corpus rows), ``item_ids`` int64 [B, k] (their raw ids,
+  ``item_ids.npy[rows]``) and ``scores`` float32 [B, k], best first, ties by
+  corpus row, so a server can check its index and its id mapping end to end.
+
 Files: ``test_vectors.pt`` (``torch.save`` of ``{"format_version", "tolerance",
-"artifacts": {name: {"file", "inputs": {input: tensor}, "output": tensor}}}``;
-libtorch reads it with ``torch::pickle_load``) and ``test_vectors.json`` (the
-raw requests and the same tensors as nested lists).
+"artifacts": {name: {"file", "inputs": {input: tensor}, "output": tensor}},
+"retrieval": {"query", "k", "rows", "item_ids", "scores"}}``; libtorch reads it with
+``torch::pickle_load``) and ``test_vectors.json`` (the raw requests and the same
+tensors as nested lists).
 """
 
 from __future__ import annotations
@@ -35,12 +42,14 @@ from ranking.data.convert import BatchConverter
 from ranking.data.files import csv_column_types, iter_record_batches
 from ranking.data.stats import DenseStats
 from ranking.schema import Schema, Side
-from ranking.serving.bundle import TEST_VECTORS
+from ranking.serving.bundle import TEST_VECTORS, exact_top_k
 from ranking.serving.convert import flat_inputs
 from ranking.serving.preprocess import Preprocessor
 
 TEST_VECTORS_JSON = "test_vectors.json"
-VECTORS_VERSION = 1
+VECTORS_VERSION = 2  # 2: the retrieval case
+#: top-k of the retrieval case
+RETRIEVAL_K = 10
 TOLERANCE = 1e-5
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -96,8 +105,12 @@ def build(
     manifest: dict[str, Any],
     modules: dict[str, torch.nn.Module],
     n_logged: int = 4,
+    corpus: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Requests, tensors and expected outputs for every artifact in ``modules``.
+    """Requests, tensors and expected outputs for every artifact in ``modules``;
+    with ``corpus`` (item embeddings float32 [N, D] and raw item ids int64 [N], in
+    corpus row order) and a ``user_tower`` among them, the retrieval case too
+    (:func:`retrieval_case`).
 
     Raises:
         RuntimeError: the numpy reference preprocessing disagrees with the
@@ -132,11 +145,29 @@ def build(
                 "inputs": inputs,
                 "output": module.eval()(inputs).contiguous(),
             }
-    return {
+    vectors = {
         "format_version": VECTORS_VERSION,
         "tolerance": TOLERANCE,
         "requests": requests,
         "artifacts": artifacts,
+    }
+    if corpus is not None and "user_tower" in artifacts:
+        vectors["retrieval"] = retrieval_case(artifacts["user_tower"]["output"], *corpus)
+    return vectors
+
+
+def retrieval_case(
+    queries: torch.Tensor, embeddings: np.ndarray, item_ids: np.ndarray, k: int = RETRIEVAL_K
+) -> dict[str, Any]:
+    """The user-tower test vectors' exact top-k over the corpus (see the module
+    docstring)."""
+    rows, scores = exact_top_k(queries.float().numpy(), embeddings, k)
+    return {
+        "query": "user_tower",
+        "k": int(rows.shape[1]),
+        "rows": torch.from_numpy(rows),
+        "item_ids": torch.from_numpy(np.asarray(item_ids, dtype=np.int64)[rows]),
+        "scores": torch.from_numpy(scores),
     }
 
 
@@ -158,6 +189,11 @@ def save(vectors: dict[str, Any], out: str | Path) -> dict[str, Any]:
         "requests": vectors["requests"],
         "artifacts": as_lists,
     }
+    if "retrieval" in vectors:
+        doc["retrieval"] = {
+            k: v.tolist() if isinstance(v, torch.Tensor) else v
+            for k, v in vectors["retrieval"].items()
+        }
     (out / TEST_VECTORS_JSON).write_text(json.dumps(doc))
     return {
         "file": TEST_VECTORS,

@@ -4,18 +4,25 @@
 //   check_bundle BUNDLE_DIR [ARTIFACT ...]
 //
 // ARTIFACT defaults to every artifact in BUNDLE_DIR/test_vectors.pt (user tower,
-// item tower, ranker). test_vectors.pt is a torch.save of
+// item tower, ranker) and the retrieval case; "retrieval" names that case. test_vectors.pt is a torch.save of
 //   {"tolerance": float, "artifacts": {name: {"file": str,
 //                                              "inputs": {input: Tensor},
 //                                              "output": Tensor}}}
 // which torch::jit::pickle_load reads. For each artifact: the output must match
 // within the tolerance, and an input of the wrong dtype must be refused with an
-// error that names the input. Exit status 0 when all pass, 1 on any mismatch,
-// 2 on a usage or loading error.
+// error that names the input. Where the vectors hold a "retrieval" case
+// ({"query", "k", "rows", "item_ids", "scores"}), the query artifact's output is
+// searched exactly (inner product) over item_embeddings.npy, and the top k must
+// give the recorded scores, corpus rows and, through item_ids.npy, raw item ids
+// (rows of near-equal score may swap). Exit status 0 when all pass, 1 on any
+// mismatch, 2 on a usage or loading error.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -77,6 +84,104 @@ int check_artifact(const std::string& bundle, const std::string& name,
   return failures;
 }
 
+// Reads a C-order little-endian .npy of float32 ("<f4") or int64 ("<i8").
+at::Tensor load_npy(const std::string& path) {
+  const std::vector<char> raw = read_file(path);
+  if (raw.size() < 10 || std::memcmp(raw.data(), "\x93NUMPY", 6) != 0)
+    throw std::runtime_error(path + ": not a .npy file");
+  const int major = static_cast<unsigned char>(raw[6]);
+  size_t header_len = 0, start = 0;
+  if (major == 1) {
+    header_len = static_cast<unsigned char>(raw[8]) | (static_cast<unsigned char>(raw[9]) << 8);
+    start = 10;
+  } else {
+    if (raw.size() < 12) throw std::runtime_error(path + ": truncated .npy header");
+    for (int i = 0; i < 4; ++i) header_len |= size_t(static_cast<unsigned char>(raw[8 + i])) << (8 * i);
+    start = 12;
+  }
+  if (raw.size() < start + header_len) throw std::runtime_error(path + ": truncated .npy header");
+  const std::string header(raw.data() + start, header_len);
+  if (header.find("'fortran_order': False") == std::string::npos)
+    throw std::runtime_error(path + ": only C-order arrays are read");
+  at::ScalarType dtype;
+  if (header.find("'<f4'") != std::string::npos) {
+    dtype = at::kFloat;
+  } else if (header.find("'<i8'") != std::string::npos) {
+    dtype = at::kLong;
+  } else {
+    throw std::runtime_error(path + ": dtype is not <f4 or <i8: " + header);
+  }
+  const size_t open = header.find("'shape': (");
+  if (open == std::string::npos) throw std::runtime_error(path + ": no shape in " + header);
+  std::vector<int64_t> shape;
+  const char* p = header.c_str() + open + 10;
+  while (*p && *p != ')') {
+    if (*p >= '0' && *p <= '9') {
+      char* end = nullptr;
+      shape.push_back(std::strtoll(p, &end, 10));
+      p = end;
+    } else {
+      ++p;
+    }
+  }
+  const size_t offset = start + header_len;
+  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
+  const size_t bytes = out.numel() * out.element_size();
+  if (raw.size() - offset != bytes) throw std::runtime_error(path + ": data size does not match the shape");
+  std::memcpy(out.data_ptr(), raw.data() + offset, bytes);
+  return out;
+}
+
+// The retrieval case; returns the number of failed checks.
+int check_retrieval(const std::string& bundle, const c10::impl::GenericDict& top, double tolerance) {
+  auto retrieval = top.at("retrieval").toGenericDict();
+  const std::string query = retrieval.at("query").toStringRef();
+  const int64_t k = retrieval.at("k").toInt();
+  at::Tensor want_rows = retrieval.at("rows").toTensor();
+  at::Tensor want_ids = retrieval.at("item_ids").toTensor();
+  at::Tensor want = retrieval.at("scores").toTensor().to(at::kDouble);
+  auto vector = top.at("artifacts").toGenericDict().at(query).toGenericDict();
+  torch::jit::Module module = torch::jit::load(bundle + "/" + vector.at("file").toStringRef());
+  module.eval();
+  torch::NoGradGuard no_grad;
+  at::Tensor q = module.forward({tensor_dict(vector.at("inputs").toGenericDict())}).toTensor();
+  at::Tensor emb = load_npy(bundle + "/item_embeddings.npy");
+  at::Tensor ids = load_npy(bundle + "/item_ids.npy");
+  // exact search: scores [B, N] in double, top k + 1 (the next one guards a tie at place k)
+  at::Tensor scores = at::matmul(q.to(at::kDouble), emb.to(at::kDouble).t());
+  const int64_t n = std::min<int64_t>(k + 1, scores.size(1));
+  auto [got, rows] = at::topk(scores, n, 1, true, true);
+  // a query off by the tolerance per element moves a score by at most this much
+  const double tol = tolerance * std::sqrt(static_cast<double>(emb.size(1))) *
+                     std::max(emb.norm(2, 1).max().item<double>(), 1.0);
+  const double diff = (got.narrow(1, 0, k) - want).abs().max().item<double>();
+  int failures = diff <= tol ? 0 : 1;
+  int64_t swapped = 0, checked = 0;
+  auto w = want.accessor<double, 2>();
+  auto g = got.accessor<double, 2>();
+  auto r = rows.accessor<int64_t, 2>();
+  auto wr = want_rows.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < want.size(0); ++b) {
+    for (int64_t j = 0; j < k; ++j) {
+      const double before = j > 0 ? w[b][j - 1] : INFINITY;
+      const double after = j + 1 < k ? w[b][j + 1] : (n > k ? g[b][k] : -INFINITY);
+      if (before - w[b][j] > tol && w[b][j] - after > tol) {
+        ++checked;
+        if (r[b][j] != wr[b][j]) ++swapped;
+      }
+    }
+  }
+  failures += swapped ? 1 : 0;
+  const bool ids_ok = at::equal(ids.index_select(0, want_rows.flatten()).view_as(want_ids), want_ids);
+  failures += ids_ok ? 0 : 1;
+  std::cout << (failures ? "FAIL " : "ok   ") << "retrieval: top " << k << " of " << emb.size(0)
+            << " items for " << want.size(0) << " " << query << " outputs, max score diff " << diff
+            << " (tolerance " << tol << "), " << checked - swapped << "/" << checked
+            << " distinct places hold the recorded row, raw ids "
+            << (ids_ok ? "match" : "DIFFER") << "\n";
+  return failures;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -98,6 +203,12 @@ int main(int argc, char** argv) {
       const std::string name = item.key().toStringRef();
       if (!wanted.empty() && std::find(wanted.begin(), wanted.end(), name) == wanted.end()) continue;
       failures += check_artifact(bundle, name, item.value().toGenericDict(), tolerance);
+      ++ran;
+    }
+    const bool want_retrieval = wanted.empty() ||
+                                std::find(wanted.begin(), wanted.end(), "retrieval") != wanted.end();
+    if (want_retrieval && top.contains("retrieval")) {
+      failures += check_retrieval(bundle, top, tolerance);
       ++ran;
     }
     if (ran == 0 || (!wanted.empty() && ran != static_cast<int>(wanted.size()))) {
