@@ -405,18 +405,22 @@ def _epoch_ids(ds_args: dict, epoch: int, num_workers: int = 2) -> dict[int, lis
     return out
 
 
-def test_exactly_once_over_ranks_and_workers_and_epochs(data, converter) -> None:
-    schema, tables = data
-    args = dict(
+def _train_args(schema: Schema, converter: BatchConverter, **overrides) -> dict:
+    """Dataset arguments of the shuffled train split in batches of 64, shards of 256."""
+    return dict(
         schema=schema,
         split="train",
         converter=converter,
         batch_size=64,
         shuffle=True,
-        seed=7,
         shard_rows=256,
-        buffer_shards=2,
+        **overrides,
     )
+
+
+def test_exactly_once_over_ranks_and_workers_and_epochs(data, converter) -> None:
+    schema, tables = data
+    args = _train_args(schema, converter, seed=7, buffer_shards=2)
     expected = sorted(tables["train"]["user_id"].to_pylist())
     orders = []
     for epoch in (0, 1):
@@ -442,16 +446,7 @@ def test_row_filter_yields_each_positive_exactly_once(data, converter) -> None:
     train = tables["train"]
     positives = sorted(np.asarray(train["user_id"])[np.asarray(train["click"]) == 1].tolist())
     assert 0 < len(positives) < SPLIT_ROWS["train"]
-    args = dict(
-        schema=schema,
-        split="train",
-        converter=converter,
-        batch_size=64,
-        shuffle=True,
-        seed=1,
-        shard_rows=256,
-        row_filter="click",
-    )
+    args = _train_args(schema, converter, seed=1, row_filter="click")
     got = _epoch_ids(args, epoch=0)  # 2 ranks x 2 workers; len(loader) checked inside
     ids = [int(i) for r in (0, 1) for b in got[r] for i in b]
     assert sorted(ids) == positives
@@ -491,17 +486,7 @@ def test_group_helpers_against_loops() -> None:
 
 def test_group_by_shuffles_requests_whole(data, converter) -> None:
     schema, tables = data
-    args = dict(
-        schema=schema,
-        split="train",
-        converter=converter,
-        batch_size=64,
-        shuffle=True,
-        seed=3,
-        shard_rows=256,
-        buffer_shards=2,
-        group_by="request",
-    )
+    args = _train_args(schema, converter, seed=3, buffer_shards=2, group_by="request")
     expected = sorted(tables["train"]["user_id"].to_pylist())
     orders, per_batch = [], []
     for epoch in (0, 1):
@@ -533,17 +518,7 @@ def test_group_by_shuffles_requests_whole(data, converter) -> None:
 
 def test_positive_groups_only_keeps_the_others_of_requests_with_a_positive(data, converter) -> None:
     schema, tables = data
-    args = dict(
-        schema=schema,
-        split="train",
-        converter=converter,
-        batch_size=64,
-        shuffle=True,
-        seed=1,
-        shard_rows=256,
-        group_by="request",
-        positive_groups_only=True,
-    )
+    args = _train_args(schema, converter, seed=1, group_by="request", positive_groups_only=True)
     ds = ParquetIterableDataset(**args, row_filter=("purchase", 1.0, 1.0))
     # brute force: a row stays if it is a purchase or its request (a run of equal keys
     # within one shard) holds a purchase
