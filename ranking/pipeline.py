@@ -144,15 +144,16 @@ def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
     groups_only = bool(cfg.retrieval.get("positive_groups_only", False))
     if groups_only and (
         group_by is None
+        or share <= 0
         or not task.get("hard_negatives", False)
         or task.get("impression_weight", 0.0)
         or task.get("exposure_weight", 0.0)
     ):
         raise ValueError(
             "retrieval.positive_groups_only keeps the impressions of requests with a positive, "
-            "the rows hard negatives need: it needs retrieval.group_by and "
-            "retrieval.task.hard_negatives=true, and would bias the impression and exposure "
-            "losses (their weights must be 0)"
+            "the rows hard negatives need: it needs retrieval.group_by, "
+            "retrieval.task.hard_negatives=true and retrieval.negative_share > 0, and would "
+            "bias the impression and exposure losses (their weights must be 0)"
         )
     rows = task.positive_label
     if all_rows:

@@ -455,7 +455,7 @@ def test_row_filter_yields_each_positive_exactly_once(data, converter) -> None:
 
 
 def test_group_helpers_against_loops() -> None:
-    from ranking.data.groups import group_permutation, runs_holding
+    from ranking.data.groups import group_permutation, groups_holding
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -474,14 +474,10 @@ def test_group_helpers_against_loops() -> None:
             blocks[-1][1].append(i)
         assert len({b[0] for b in blocks}) == len(blocks)
         assert all(b[1] == sorted(b[1]) for b in blocks)
-        # a run: consecutive equal (non-null) keys
-        want = []
-        start = 0
-        for i in range(1, n + 1):
-            if i == n or keys[i] is None or keys[i] != keys[i - 1]:
-                want += [bool(marked[start:i].any())] * (i - start)
-                start = i
-        assert runs_holding(pa.array(keys, pa.string()), marked).tolist() == want
+        # a group: every row of one (non-null) key, wherever it lies; a null: itself
+        held = {keys[i] for i in range(n) if marked[i] and keys[i] is not None}
+        want = [bool(marked[i]) or (keys[i] is not None and keys[i] in held) for i in range(n)]
+        assert groups_holding(pa.array(keys, pa.string()), marked).tolist() == want
 
 
 def test_group_by_shuffles_requests_whole(data, converter) -> None:
@@ -520,8 +516,8 @@ def test_positive_groups_only_keeps_the_others_of_requests_with_a_positive(data,
     schema, tables = data
     args = _train_args(schema, converter, seed=1, group_by="request", positive_groups_only=True)
     ds = ParquetIterableDataset(**args, row_filter=("purchase", 1.0, 1.0))
-    # brute force: a row stays if it is a purchase or its request (a run of equal keys
-    # within one shard) holds a purchase
+    # brute force: a row stays if it is a purchase or its request (its rows within
+    # one shard) holds a purchase
     want = []
     for shard in ds.shards:
         t = pq.read_table(shard.path, columns=["user_id", "purchase", "request"])
@@ -540,8 +536,16 @@ def test_positive_groups_only_keeps_the_others_of_requests_with_a_positive(data,
     positives = set(np.asarray(train["user_id"])[np.asarray(train["purchase"]) == 1].tolist())
     assert positives <= ids_half <= set(want)
     assert 0.3 < len(ids_half - positives) / len(set(want) - positives) < 0.7
-    with pytest.raises(ValueError, match="positive_groups_only"):
-        ParquetIterableDataset(schema, "train", converter, 64, positive_groups_only=True)
+    for bad in (
+        {},  # no group_by, no filter
+        {"group_by": "request"},  # no filter
+        {"group_by": "request", "row_filter": "purchase"},  # no other rows to keep
+        {"group_by": "request", "row_filter": ("purchase", 1.0, 0.0)},
+    ):
+        with pytest.raises(ValueError, match="positive_groups_only"):
+            ParquetIterableDataset(schema, "train", converter, 64, positive_groups_only=True, **bad)
+    with pytest.raises(DataError, match="hist_items.*group_by needs scalar keys"):
+        ParquetIterableDataset(schema, "train", converter, 64, shuffle=True, group_by="hist_items")
 
 
 def test_eval_split_is_unshuffled_and_complete_with_workers(data, converter) -> None:
@@ -615,6 +619,22 @@ def test_csv_split_reads_like_parquet(tmp_path: Path) -> None:
     assert torch.equal(torch.cat([b.user_ids for b in csv_batches]), want.user_ids)
     got = [r for b in csv_batches for r in _kjt_lists(b.sparse, "kw")]
     assert got == _kjt_lists(want.sparse, "kw")
+    # requests with a purchase, shuffled request by request, from CSV (one shard)
+    grouped = ParquetIterableDataset(
+        schema,
+        "test",
+        conv,
+        batch_size=64,
+        shuffle=True,
+        row_filter=("purchase", 1.0, 1.0),
+        group_by="request",
+        positive_groups_only=True,
+    )
+    ids = sorted(int(i) for b in grouped for i in b.user_ids)
+    reqs, users = ref["request"].to_pylist(), ref["user_id"].to_pylist()
+    bought = {r for r, p in zip(reqs, ref["purchase"].to_pylist(), strict=True) if p}
+    want_ids = [u for u, r in zip(users, reqs, strict=True) if r in bought]
+    assert ids == sorted(want_ids) and len(ids) == grouped.num_rows
 
 
 # ---- corpus and users -------------------------------------------------------------------

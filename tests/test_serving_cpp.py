@@ -3,6 +3,7 @@ bundle's test vectors (~25 s: cmake + one translation unit on 2 cores)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_cpp_loader_passes_the_test_vectors(check_bundle, bundle):
         assert f"ok   {name} ({name}.pt)" in proc.stdout
         assert f"ok   {name}: wrong dtype" in proc.stdout
     assert "ok   retrieval: top 10 of " in proc.stdout
-    assert "raw ids match" in proc.stdout
+    assert " 0 hold another corpus row, 0 another raw id" in proc.stdout
 
 
 def test_cpp_loader_fails_on_a_mismatch(check_bundle, bundle, tmp_path):
@@ -59,14 +60,26 @@ def test_cpp_loader_fails_on_a_mismatch(check_bundle, bundle, tmp_path):
     assert "FAIL ranker" in proc.stdout
 
 
-def test_cpp_retrieval_fails_on_wrong_ids(check_bundle, bundle, tmp_path):
+@pytest.mark.parametrize("wrong", ["item_ids", "rows", "scores"])
+def test_cpp_retrieval_fails_on_a_wrong_case(check_bundle, bundle, tmp_path, wrong):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     vectors = torch.load(copy / "test_vectors.pt", weights_only=True)
-    vectors["retrieval"]["item_ids"] = vectors["retrieval"]["item_ids"] + 1
+    case = vectors["retrieval"]
+    if wrong == "rows":  # two far-apart places of the first query swap rows
+        assert case["scores"][0, 0] - case["scores"][0, 9] > 1e-3
+        case["rows"][0, [0, 9]] = case["rows"][0, [9, 0]].clone()
+    else:
+        case[wrong] = case[wrong] + (1 if wrong == "item_ids" else 1e-2)
     torch.save(vectors, copy / "test_vectors.pt")
     proc = subprocess.run(
         [str(check_bundle), str(copy), "retrieval"], capture_output=True, text=True
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL retrieval" in proc.stdout and "raw ids DIFFER" in proc.stdout
+    assert "FAIL retrieval" in proc.stdout
+    if wrong == "rows":
+        moved = re.search(r" (\d+) hold another corpus row, 0 another raw id", proc.stdout)
+        assert moved and int(moved.group(1)) >= 1, proc.stdout
+    if wrong == "item_ids":
+        assert " 0 hold another corpus row, " in proc.stdout
+        assert " 0 another raw id" not in proc.stdout

@@ -185,8 +185,41 @@ def test_a_wrong_retrieval_case_is_refused(loaded):
     with pytest.raises(BundleError, match="retrieval.*corpus row"):
         b.check_retrieval({**vectors, "retrieval": swapped})
     other_ids = {**case, "item_ids": case["item_ids"] + 1}
-    with pytest.raises(BundleError, match="raw ids"):
+    with pytest.raises(BundleError, match="retrieval.*raw id"):
         b.check_retrieval({**vectors, "retrieval": other_ids})
     off = {**case, "scores": case["scores"] + 1e-2}
     with pytest.raises(BundleError, match="retrieval.*score"):
         b.check_retrieval({**vectors, "retrieval": off})
+
+
+def test_top_k_mismatch_lets_near_ties_swap_and_catches_the_rest():
+    import numpy as np
+
+    from ranking.serving.bundle import top_k_mismatch
+
+    t = 1e-4
+    want_rows, want = np.array([[0, 1, 2]]), np.array([[10.0, 10.0 - 1.5 * t, 5.0]])
+    # each score moved by less than t, so rows 0 and 1 (1.5 t apart) may swap
+    got = np.array([[10.0 - 0.6 * t, 10.0 - 0.9 * t, 5.0]])
+    assert top_k_mismatch(np.array([[1, 0, 2]]), got, want_rows, want, t) is None
+    # rows 3 t apart may not swap
+    far = np.array([[10.0, 10.0 - 3 * t, 5.0]])
+    assert "corpus row" in top_k_mismatch(np.array([[1, 0, 2]]), far, want_rows, far, t)
+    # the last place is guarded by the next score: a near tie there may swap
+    assert (
+        top_k_mismatch(
+            np.array([[0, 1, 7]]), want, want_rows, want, t, next_scores=np.array([5.0 - t])
+        )
+        is None
+    )
+    assert "corpus row 7" in top_k_mismatch(
+        np.array([[0, 1, 7]]), want, want_rows, want, t, next_scores=np.array([4.0])
+    )
+    # a score off by more than t, and a NaN, fail
+    assert "score" in top_k_mismatch(want_rows, want + 2 * t, want_rows, want, t)
+    assert "score" in top_k_mismatch(want_rows, want * np.nan, want_rows, want, t)
+    # raw ids are checked at the same places
+    ids = np.array([[5, 6, 7]])
+    assert "raw id 8" in top_k_mismatch(
+        want_rows, want, want_rows, want, t, got_ids=np.array([[5, 6, 8]]), want_ids=ids
+    )

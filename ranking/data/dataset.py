@@ -54,7 +54,7 @@ from ranking.data.batch import Batch
 from ranking.data.convert import BatchConverter
 from ranking.data.errors import DataError
 from ranking.data.files import csv_column_types, file_columns, iter_record_batches
-from ranking.data.groups import group_permutation, runs_holding
+from ranking.data.groups import group_permutation, groups_holding
 from ranking.hashing import hash_int, string_to_int
 from ranking.schema import Schema, Side
 
@@ -224,8 +224,8 @@ class _FileRows:
     others)`` also keeps a share ``others`` of the remaining rows, a fixed sample
     drawn by a hash of each row's file name and position (e.g. every click plus
     10% of the impressions without one). ``(column, value, others, group)``
-    draws those others only from the runs of equal ``group`` (a request) in the
-    shard that hold a matching row (:func:`ranking.data.groups.runs_holding`).
+    draws those others only from the groups of equal ``group`` key (a request)
+    in the shard that hold a matching row (:func:`ranking.data.groups.groups_holding`).
     """
 
     def __init__(
@@ -269,11 +269,12 @@ class _FileRows:
     def _filter_columns(self) -> list[str]:
         assert self.row_filter is not None
         group = self.row_filter[3] if len(self.row_filter) > 3 else None
-        return [str(self.row_filter[0]), *([str(group)] if group else [])]
+        column = str(self.row_filter[0])
+        return [column, *([str(group)] if group and group != column else [])]
 
-    def _in_marked_runs(self, shard: Shard) -> np.ndarray:
-        """bool [shard rows]: rows whose run of equal group keys holds a matching row
-        (reads the filter's two columns of the whole shard)."""
+    def _in_marked_groups(self, shard: Shard) -> np.ndarray:
+        """bool [shard rows]: rows whose group (equal keys in the shard) holds a
+        matching row (reads the filter's two columns of the whole shard)."""
         column, value, _, group = self.row_filter
         probe = _FileRows(self._filter_columns(), max(self.chunk_rows, 1 << 16), self.csv_types)
         probe._open = self._open
@@ -282,7 +283,7 @@ class _FileRows:
             return np.zeros(0, dtype=bool)
         rows = concat_rows(chunks)
         match = pc.equal(pc.cast(rows.column(column), pa.float64()), float(value))
-        return runs_holding(rows.column(group), pc.fill_null(match, False).to_numpy())
+        return groups_holding(rows.column(group), pc.fill_null(match, False).to_numpy())
 
     def read(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.Table]:
         """Rows ``[lo, hi)`` of a shard (shard-relative; kept rows only when filtering),
@@ -293,14 +294,14 @@ class _FileRows:
         pos = raw = 0
         column, value, others, group = (*self.row_filter, 0.0, None)[:4]
         salt = int(string_to_int([Path(shard.path).name])[0]) if others > 0 else 0
-        in_runs = self._in_marked_runs(shard) if group and others > 0 else None
+        in_groups = self._in_marked_groups(shard) if group and others > 0 else None
         for chunk in self._read_raw(shard, 0, shard.num_rows):
             keep = pc.equal(pc.cast(chunk.column(column), pa.float64()), float(value))
             if others > 0:
                 rows = np.arange(raw, raw + chunk.num_rows, dtype=np.int64) + shard.start
                 sampled = hash_int(rows ^ salt, 1 << 24) < int(others * (1 << 24))
-                if in_runs is not None:
-                    sampled &= in_runs[raw : raw + chunk.num_rows]
+                if in_groups is not None:
+                    sampled &= in_groups[raw : raw + chunk.num_rows]
                 keep = pc.or_(keep, pa.array(sampled))
             raw += chunk.num_rows
             kept = chunk.filter(keep)
@@ -342,6 +343,19 @@ class _FileRows:
             raise DataError(
                 f"cannot read Parquet rows {shard.start + lo}..{shard.start + hi}: {e}", shard.path
             ) from None
+
+
+def _check_group_keys(paths: Sequence[str | Path], column: str) -> None:
+    """Refuse a ``group_by`` column whose Parquet type is not a scalar key (a list,
+    struct or map), naming the first such file (footers only)."""
+    for path in map(Path, paths):
+        if path.suffix != ".parquet":
+            continue
+        t = pq.read_schema(path).field(column).type
+        if pa.types.is_nested(t):
+            raise DataError(
+                f"group_by needs scalar keys, the column holds {t}", path, column=column
+            )
 
 
 def _normalise(rb: pa.RecordBatch) -> pa.Table:
@@ -532,17 +546,19 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
             of the other rows (negative downsampling).
             Exactly-once, ``len`` and drop_last then count kept rows; planning
             streams that one column once to count them per shard.
-        group_by: a column of the files (e.g. ``request_id``): shuffling then
-            permutes whole groups of equal key within each window and keeps a
-            group's rows together (:func:`ranking.data.groups.group_permutation`;
-            file order within the group unless it straddles two shards), so a request's rows
-            share a batch unless the batch ends inside it, or the group spans
-            two windows (it then moves as two groups). No effect without shuffle
-            (file order already keeps runs together).
+        group_by: a column of the files (e.g. ``request_id``; scalar keys, read
+            as text from CSV): shuffling then permutes whole groups of equal key
+            within each window and keeps a group's rows together
+            (:func:`ranking.data.groups.group_permutation`; in window order), so
+            a request's rows share a batch unless the batch ends inside it, or
+            the group spans two windows (it then moves as two groups). No effect
+            without shuffle (file order: logs that write a request's rows
+            together keep them together).
         positive_groups_only: with ``group_by`` and a ``(column, value, others)``
-            row filter: the others are drawn only from the groups (runs of equal
-            key in a shard) that hold a matching row, e.g. the non-clicked
-            impressions of requests with a click, the hard negatives' rows.
+            row filter (others > 0): the others are drawn only from the groups
+            (rows of equal key in a shard; a group cut by a shard boundary counts
+            as two) that hold a matching row, e.g. the non-clicked impressions of
+            requests with a click, the hard negatives' rows.
 
     Use with ``DataLoader(ds, batch_size=None, num_workers=...)`` (or
     :class:`RecDataLoader`, which also keeps ``len`` exact and sets the epoch).
@@ -602,17 +618,26 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
             if column not in self.columns:
                 self.columns = [*self.columns, str(column)]
         if positive_groups_only:
-            if group_by is None or row_filter is None:
-                raise ValueError("positive_groups_only needs group_by and a row_filter")
+            if group_by is None or row_filter is None or not row_filter[2] > 0:
+                raise ValueError(
+                    "positive_groups_only needs group_by and a row_filter (column, value, "
+                    f"share) with share > 0 (the share of the other rows it keeps), got "
+                    f"group_by={group_by!r}, row_filter={row_filter!r}"
+                )
             row_filter = (*row_filter, str(group_by))
         self.group_by = None if group_by is None else str(group_by)
         if self.group_by is not None and self.group_by not in self.columns:
             self.columns = [*self.columns, self.group_by]
         self.row_filter: tuple[str | float, ...] | None = row_filter
         csv_types = csv_column_types(schema)
+        if self.group_by is not None and self.group_by not in csv_types:
+            # read CSV keys as text: inferred per block, they could change type
+            csv_types = {**csv_types, self.group_by: pa.string()}
         self.shards = plan_shards(
             schema.split_paths(split), self.shard_rows, self.columns, csv_types
         )
+        if self.group_by is not None:
+            _check_group_keys(schema.split_paths(split), self.group_by)
         self._reader = _FileRows(self.columns, self.shard_rows, csv_types, row_filter)
         # rows each shard contributes (the filtered count streams the label column once)
         self.shard_sizes = [self._reader.count(s) for s in self.shards]

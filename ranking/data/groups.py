@@ -5,14 +5,11 @@ Two uses, both in :class:`ranking.data.dataset.ParquetIterableDataset`:
 - :func:`group_permutation` shuffles a window of rows group by group, so the
   rows of one request reach the same batch (hard negatives: a click's
   non-clicked neighbours in its request).
-- :func:`runs_holding` marks the rows whose run of equal keys holds a positive
-  (negative downsampling that keeps only the impressions of requests with a
-  click).
+- :func:`groups_holding` marks the rows whose group holds a positive (negative
+  downsampling that keeps only the impressions of requests with a click).
 
-A group is a *run* of consecutive rows with equal keys in file order for
-:func:`runs_holding`, and all rows with equal keys in the window for
-:func:`group_permutation`; a null key is a group of its own. Logs that write a
-request's rows together (the synthetic writer does) make the two the same.
+A group is all rows of equal key in the rows given (a shuffle window, a shard);
+a null key is a group of its own. The rows of a group need not be consecutive.
 """
 
 from __future__ import annotations
@@ -53,24 +50,23 @@ def group_permutation(keys: pa.Array | pa.ChunkedArray, rng: np.random.Generator
     return np.argsort(rank[codes], kind="stable")
 
 
-def runs_holding(keys: pa.Array | pa.ChunkedArray, marked: np.ndarray) -> np.ndarray:
-    """bool [N]: rows whose run (consecutive rows with equal keys) holds a marked row.
+def groups_holding(keys: pa.Array | pa.ChunkedArray, marked: np.ndarray) -> np.ndarray:
+    """bool [N]: rows whose group (all rows of equal key; a null key is a group of
+    its own) holds a marked row. The rows of a group need not be consecutive.
 
     Args:
-        keys: the group column [N], in file order.
+        keys: the group column [N].
         marked: bool [N], e.g. the positive rows.
 
     Example:
-        >>> runs_holding(pa.array([1, 1, 2, 2, 1]), np.array([0, 1, 0, 0, 0], bool)).tolist()
-        [True, True, False, False, False]
+        >>> groups_holding(pa.array([1, 2, 2, 1, None]), np.array([0, 0, 0, 1, 0], bool)).tolist()
+        [True, False, False, True, False]
     """
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks()
-    n = len(keys)
-    if n == 0:
+    marked = np.asarray(marked, dtype=bool)
+    if len(keys) == 0:
         return np.zeros(0, dtype=bool)
-    changed = pc.fill_null(pc.not_equal(keys.slice(1), keys.slice(0, n - 1)), True)
-    starts = np.concatenate([[True], changed.to_numpy(zero_copy_only=False)])
-    run = np.cumsum(starts) - 1
-    holds = np.bincount(run, weights=np.asarray(marked, dtype=np.float64)) > 0
-    return holds[run]
+    held = pc.unique(pc.drop_null(keys.filter(pa.array(marked))))
+    inside = pc.fill_null(pc.is_in(keys, value_set=held, skip_nulls=True), False)
+    return inside.to_numpy(zero_copy_only=False) | marked

@@ -14,7 +14,7 @@
 // ({"query", "k", "rows", "item_ids", "scores"}), the query artifact's output is
 // searched exactly (inner product) over item_embeddings.npy, and the top k must
 // give the recorded scores, corpus rows and, through item_ids.npy, raw item ids
-// (rows of near-equal score may swap). Exit status 0 when all pass, 1 on any
+// (items whose scores are within twice the score tolerance may swap). Exit status 0 when all pass, 1 on any
 // mismatch, 2 on a usage or loading error.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
@@ -155,30 +155,32 @@ int check_retrieval(const std::string& bundle, const c10::impl::GenericDict& top
   const double tol = tolerance * std::sqrt(static_cast<double>(emb.size(1))) *
                      std::max(emb.norm(2, 1).max().item<double>(), 1.0);
   const double diff = (got.narrow(1, 0, k) - want).abs().max().item<double>();
-  int failures = diff <= tol ? 0 : 1;
-  int64_t swapped = 0, checked = 0;
+  int failures = diff <= tol ? 0 : 1;  // (a NaN fails too)
+  // Items whose recorded scores are within 2 tol may swap places (each may move
+  // by tol); every other place must hold the recorded corpus row and raw id.
+  int64_t checked = 0, wrong_rows = 0, wrong_ids = 0;
   auto w = want.accessor<double, 2>();
   auto g = got.accessor<double, 2>();
   auto r = rows.accessor<int64_t, 2>();
   auto wr = want_rows.accessor<int64_t, 2>();
+  auto wi = want_ids.accessor<int64_t, 2>();
+  auto raw_ids = ids.accessor<int64_t, 1>();
   for (int64_t b = 0; b < want.size(0); ++b) {
     for (int64_t j = 0; j < k; ++j) {
       const double before = j > 0 ? w[b][j - 1] : INFINITY;
       const double after = j + 1 < k ? w[b][j + 1] : (n > k ? g[b][k] : -INFINITY);
-      if (before - w[b][j] > tol && w[b][j] - after > tol) {
+      if (before - w[b][j] > 2 * tol && w[b][j] - after > 2 * tol) {
         ++checked;
-        if (r[b][j] != wr[b][j]) ++swapped;
+        if (r[b][j] != wr[b][j]) ++wrong_rows;
+        if (raw_ids[r[b][j]] != wi[b][j]) ++wrong_ids;
       }
     }
   }
-  failures += swapped ? 1 : 0;
-  const bool ids_ok = at::equal(ids.index_select(0, want_rows.flatten()).view_as(want_ids), want_ids);
-  failures += ids_ok ? 0 : 1;
+  failures += (wrong_rows ? 1 : 0) + (wrong_ids ? 1 : 0);
   std::cout << (failures ? "FAIL " : "ok   ") << "retrieval: top " << k << " of " << emb.size(0)
             << " items for " << want.size(0) << " " << query << " outputs, max score diff " << diff
-            << " (tolerance " << tol << "), " << checked - swapped << "/" << checked
-            << " distinct places hold the recorded row, raw ids "
-            << (ids_ok ? "match" : "DIFFER") << "\n";
+            << " (tolerance " << tol << "); of " << checked << " places apart from their neighbours, "
+            << wrong_rows << " hold another corpus row, " << wrong_ids << " another raw id\n";
   return failures;
 }
 
