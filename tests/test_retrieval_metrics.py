@@ -32,12 +32,14 @@ def test_topk_metrics_by_hand():
     assert out["ndcg@1"] == pytest.approx(0.5)
 
 
-def test_topk_items_matches_argsort():
+@pytest.mark.parametrize("backend", ["faiss", "torch", "auto"])
+def test_topk_items_matches_argsort(backend):
     g = torch.Generator().manual_seed(0)
     q, items = torch.randn(37, 8, generator=g), torch.randn(101, 8, generator=g)
-    got = topk_items(q, items, 10, chunk=8)
+    got = topk_items(q, items, 10, chunk=8, backend=backend)
     want = torch.argsort(q @ items.T, dim=1, descending=True)[:, :10]
     assert torch.equal(got, want)
+    assert topk_items(q[:0], items, 10, backend=backend).shape == (0, 10)
 
 
 def _brute_force(rows, item_emb, item_ids, ks):
@@ -237,8 +239,29 @@ def test_exclusion_removes_train_items_from_the_ranking():
     items = torch.tensor([[3.0, 1.0], [2.0, 0.5], [0.0, 3.0], [0.1, 2.0]])
     # scores: user 0 [3, 2, 0, .1]; user 1 [1, .5, 3, 2]
     indptr, rows = np.array([0, 1, 3]), np.array([0, 2, 3])  # user 0: row 0; user 1: rows 2, 3
-    assert topk_items(q, items, 2).tolist() == [[0, 1], [2, 3]]
-    assert topk_items(q, items, 2, exclude=(indptr, rows)).tolist() == [[1, 3], [0, 1]]
+    for backend in ("faiss", "torch"):
+        assert topk_items(q, items, 2, backend=backend).tolist() == [[0, 1], [2, 3]]
+        got = topk_items(q, items, 2, exclude=(indptr, rows), backend=backend)
+        assert got.tolist() == [[1, 3], [0, 1]]
+        # fewer rows left than k: the excluded ones come last
+        few = (np.array([0, 3, 3]), np.array([0, 1, 3]))
+        got = topk_items(q, items, 3, exclude=few, backend=backend)
+        assert got[0, 0] == 2 and sorted(got[0, 1:].tolist()) in ([0, 1], [0, 3], [1, 3])
+        assert got[1].tolist() == [2, 3, 0]
+
+
+def test_faiss_and_torch_backends_agree_with_exclusions():
+    g = torch.Generator().manual_seed(3)
+    q, items = torch.randn(50, 16, generator=g), torch.randn(300, 16, generator=g)
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 40, 50)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    rows = np.concatenate([rng.choice(300, c, replace=False) for c in counts])
+    got = topk_items(q, items, 20, chunk=7, exclude=(indptr, rows), backend="faiss")
+    want = topk_items(q, items, 20, exclude=(indptr, rows), backend="torch")
+    assert torch.equal(got, want)
+    for u in range(50):
+        assert not set(got[u].tolist()) & set(rows[indptr[u] : indptr[u + 1]].tolist())
 
 
 def test_topk_chunks_fit_the_score_budget(monkeypatch):
@@ -252,7 +275,7 @@ def test_topk_chunks_fit_the_score_budget(monkeypatch):
     monkeypatch.setattr(
         torch, "topk", lambda x, *a, **kw: calls.append(x.shape) or real(x, *a, **kw)
     )
-    got = topk_items(q, items, 3)
+    got = topk_items(q, items, 3, backend="torch")
     assert torch.equal(got, torch.argsort(q @ items.T, dim=1, descending=True)[:, :3])
     assert max(shape[0] for shape in calls) == 5
 

@@ -4,7 +4,8 @@ Protocol: each evaluated user is queried once, with the user features of the
 user's earliest row in the evaluated rows (the state before the period
 started); the user's positives are the distinct items with a positive label in
 those rows. Users without a positive are not evaluated. Every user is scored
-against every corpus item (chunked matrix products, :func:`topk_items`); when
+against every corpus item (exact search, :func:`topk_items`: FAISS's tiled
+search on the CPU, chunked matrix products on a GPU); when
 the dataset declares availability windows
 (:class:`~ranking.data.availability.ItemWindows`), the corpus is the items
 available at some time between the earliest and the latest evaluated row, for
@@ -68,20 +69,36 @@ def topk_items(
     k: int,
     chunk: int | None = None,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Exact inner-product top-k. [U, D] x [N, D] -> row indices [U, k], best first
-    (on the CPU; the products run on ``items``' device, a GPU's too).
+    (on the CPU).
 
-    Scored in chunks of ``chunk`` queries (default: as many as fit
-    :data:`SCORE_BUDGET` scores, at most 1024), so memory stays at chunk x N floats
-    (a 1M-item corpus: 32 queries at a time, 128 MB).
+    Backends:
+
+    - ``faiss``: FAISS's exact search without an index (``faiss.knn``), which
+      scores in cache-sized tiles (4096 queries x 1024 items) and keeps a heap
+      per query, so memory stays at the tiles plus the [U, k] result; 4-5 times
+      faster than ``torch`` at 1M items on 2 cores (``scripts/bench/full_corpus_eval.py``).
+      ``chunk`` queries per call (default 4096).
+    - ``torch``: chunked matrix products on ``items``' device (a GPU's too), in
+      chunks of ``chunk`` queries (default: as many as fit :data:`SCORE_BUDGET`
+      scores, at most 1024; a 1M-item corpus: 32 queries at a time, 128 MB).
+    - ``auto`` (default): ``faiss`` for CPU tensors, ``torch`` otherwise.
 
     Args:
         exclude: optional CSR ``(indptr [U + 1], rows)``: item rows to drop for
-            each query (their score becomes -inf before the top-k).
+            each query (they rank after every other row; torch gives them the
+            score -inf, FAISS searches k + the chunk's most exclusions and drops them).
     """
     n = items.shape[0]
     k = min(k, n)
+    if backend == "auto":
+        backend = "faiss" if items.device.type == "cpu" else "torch"
+    if backend == "faiss":
+        return _topk_faiss(queries, items, k, chunk, exclude)
+    if backend != "torch":
+        raise ValueError(f"backend must be auto, faiss or torch, got {backend!r}")
     if chunk is None:
         chunk = max(1, min(1024, SCORE_BUDGET // max(n, 1)))
     out = []
@@ -96,6 +113,41 @@ def topk_items(
                 at = (torch.from_numpy(which), torch.from_numpy(rows[lo:hi]))
                 scores[at[0].to(scores.device), at[1].to(scores.device)] = -torch.inf
         out.append(torch.topk(scores, k, dim=1).indices.cpu())
+    if not out:
+        return torch.empty(0, k, dtype=torch.long)
+    return torch.cat(out)
+
+
+def _topk_faiss(
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    k: int,
+    chunk: int | None,
+    exclude: tuple[np.ndarray, np.ndarray] | None,
+) -> torch.Tensor:
+    """:func:`topk_items` with ``faiss.knn`` (CPU, float32)."""
+    import faiss
+
+    n = items.shape[0]
+    xb = np.ascontiguousarray(items.detach().float().numpy())
+    xq_all = np.ascontiguousarray(queries.detach().cpu().float().numpy())
+    step = chunk or 4096
+    out = []
+    for start in range(0, len(xq_all), step):
+        xq = xq_all[start : start + step]
+        c = len(xq)
+        counts = np.zeros(c, dtype=np.int64)
+        if exclude is not None:
+            counts = np.diff(exclude[0][start : start + c + 1])
+        extra = int(counts.max(initial=0))
+        _, idx = faiss.knn(xq, xb, min(n, k + extra), metric=faiss.METRIC_INNER_PRODUCT)
+        if extra:
+            indptr, rows = exclude
+            which = np.repeat(np.arange(c), counts)
+            dropped = rows[indptr[start] : indptr[start + c]]
+            drop = np.isin(np.arange(c)[:, None] * n + idx, which * n + dropped)
+            idx = np.take_along_axis(idx, np.argsort(drop, axis=1, kind="stable"), axis=1)
+        out.append(torch.from_numpy(np.ascontiguousarray(idx[:, :k], dtype=np.int64)))
     if not out:
         return torch.empty(0, k, dtype=torch.long)
     return torch.cat(out)
@@ -379,6 +431,7 @@ class FullCorpusEvaluator:
         long_tail_k: int = 100,
         exposure: np.ndarray | None = None,
         windows: ItemWindows | None = None,
+        backend: str = "auto",
     ) -> RetrievalReport:
         """Score every evaluated user against the corpus.
 
@@ -397,6 +450,7 @@ class FullCorpusEvaluator:
                 evaluated rows (with ``reference``): enables ``slice_expected_recall``.
             windows: the items' availability; the corpus shrinks to the items
                 available during the evaluated rows' period (:attr:`span`).
+            backend: the exact search of :func:`topk_items`.
         """
         pairs = self.positive_pairs()
         if exclude is not None and len(pairs):
@@ -415,7 +469,7 @@ class FullCorpusEvaluator:
         k_max = max(*ks, long_tail_k)
         csr = _exclusion_csr(users, corpus_ids, exclude) if exclude is not None else None
         queries = torch.from_numpy(self.queries[users]).to(item_emb.device)
-        rows = topk_items(queries, item_emb.float(), k_max, exclude=csr)
+        rows = topk_items(queries, item_emb.float(), k_max, exclude=csr, backend=backend)
         topk = corpus_ids[rows.numpy()]
         # Membership of (user, item) in the positive pairs, vectorised via one key.
         span = int(max(corpus_ids.max(initial=0), pairs[:, 1].max(initial=0))) + 1
