@@ -78,7 +78,7 @@ def topk_items(
 
     - ``faiss``: FAISS's exact search without an index (``faiss.knn``), which
       scores in cache-sized tiles (4096 queries x 1024 items) and keeps a heap
-      per query, so memory stays at the tiles plus the [U, k] result; 4-5 times
+      per query, so memory stays at the tiles plus the [U, k] result; 3-4 times
       faster than ``torch`` at 1M items on 2 cores (``scripts/bench/full_corpus_eval.py``).
       ``chunk`` queries per call (default 4096).
     - ``torch``: chunked matrix products on ``items``' device (a GPU's too), in
