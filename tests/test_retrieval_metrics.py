@@ -250,18 +250,37 @@ def test_exclusion_removes_train_items_from_the_ranking():
         assert got[1].tolist() == [2, 3, 0]
 
 
-def test_faiss_and_torch_backends_agree_with_exclusions():
+@pytest.mark.parametrize("max_excluded", [1024, 25])  # 25: heavy users go to torch
+def test_faiss_and_torch_backends_agree_with_exclusions(monkeypatch, max_excluded):
+    import faiss
+
+    import ranking.metrics.retrieval as m
+
+    monkeypatch.setattr(m, "FAISS_MAX_EXCLUDED", max_excluded)
     g = torch.Generator().manual_seed(3)
     q, items = torch.randn(50, 16, generator=g), torch.randn(300, 16, generator=g)
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 40, 50)
     indptr = np.concatenate([[0], np.cumsum(counts)])
     rows = np.concatenate([rng.choice(300, c, replace=False) for c in counts])
+    threshold = faiss.cvar.distance_compute_blas_threshold
     got = topk_items(q, items, 20, chunk=7, exclude=(indptr, rows), backend="faiss")
+    assert faiss.cvar.distance_compute_blas_threshold == threshold  # the global is restored
     want = topk_items(q, items, 20, exclude=(indptr, rows), backend="torch")
     assert torch.equal(got, want)
     for u in range(50):
         assert not set(got[u].tolist()) & set(rows[indptr[u] : indptr[u + 1]].tolist())
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_non_finite_embeddings_are_refused(backend):
+    q, items = torch.randn(4, 8), torch.randn(30, 8)
+    items[7, 3] = float("nan")
+    with pytest.raises(ValueError, match="item embedding row 7 is not finite"):
+        topk_items(q, items, 5, backend=backend)
+    q[2, 0] = float("inf")
+    with pytest.raises(ValueError, match="query row 2 is not finite"):
+        topk_items(q, items[:7], 5, backend=backend)
 
 
 def test_topk_chunks_fit_the_score_budget(monkeypatch):
