@@ -87,7 +87,7 @@ def topk_items(
     - ``faiss``: FAISS's exact search without an index (``faiss.knn``, BLAS
       products in tiles of 4096 queries x 1024 items, then a heap or, for
       k >= 100, a reservoir per query), so memory stays at the tiles plus the
-      [U, k + exclusions] result; 3-4 times faster than ``torch`` at 1M items on
+      [U, k + exclusions] result; about 4 times faster than ``torch`` at 1M items on
       2 cores (``scripts/bench/full_corpus_eval.py``). ``chunk`` queries per
       call (default 4096). CPU tensors only.
     - ``torch``: chunked matrix products on ``items``' device (a GPU's too), in
