@@ -185,9 +185,10 @@ def _topk_torch(
 
 @contextmanager
 def _faiss_blas_always(faiss: Any) -> Iterator[None]:
-    """FAISS scores fewer than ``distance_compute_blas_threshold`` queries (128k in
-    faiss 1.15) one at a time without BLAS, 3.5 times slower at 100k items; use
-    BLAS for every call, then restore the global."""
+    """FAISS scores a call of fewer than ``distance_compute_blas_threshold``
+    query-dims (128k in faiss 1.15: 2000 queries at D=64) one query at a time
+    without BLAS, 3.7 times slower at 100k items; use BLAS for every call, then
+    restore the global."""
     old = faiss.cvar.distance_compute_blas_threshold
     faiss.cvar.distance_compute_blas_threshold = 0
     try:
