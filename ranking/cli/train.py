@@ -45,9 +45,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 run_id,
             )
             # the index's recall against exact search and its latency, measured at build
-            built = json.loads((bundle / "manifest.json").read_text())["index"]
-            metrics.update(index_metrics(built))
-            tracker.log_metrics(index_metrics(built))
+            built = index_metrics(json.loads((bundle / "manifest.json").read_text())["index"])
+            metrics.update(built)
+            tracker.log_metrics(built)
             write_metrics(bundle.parent / "metrics.json", metrics)
             tracker.log_artifacts(bundle, "bundle")
         tracker.log_artifact(run_dir / "metrics.json")

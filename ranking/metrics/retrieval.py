@@ -144,6 +144,17 @@ def _check_finite(x: torch.Tensor, what: str, block: int = 1 << 16) -> None:
             )
 
 
+def csr_chunk(
+    exclude: tuple[np.ndarray, np.ndarray], start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of queries ``start..stop-1`` of a CSR ``(indptr [U + 1], rows)``,
+    as (query offset from ``start`` [E], row [E]): the coordinates to mask in a
+    [stop - start, N] score block."""
+    indptr, rows = exclude
+    counts = np.diff(indptr[start : stop + 1])
+    return np.repeat(np.arange(stop - start), counts), rows[indptr[start] : indptr[stop]]
+
+
 def _csr_rows(
     exclude: tuple[np.ndarray, np.ndarray], which: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -170,12 +181,9 @@ def _topk_torch(
     for start in range(0, queries.shape[0], chunk):
         scores = queries[start : start + chunk] @ items.T
         if exclude is not None:
-            indptr, rows = exclude
-            stop = start + scores.shape[0]
-            lo, hi = int(indptr[start]), int(indptr[stop])
-            if hi > lo:
-                which = np.repeat(np.arange(scores.shape[0]), np.diff(indptr[start : stop + 1]))
-                at = (torch.from_numpy(which), torch.from_numpy(rows[lo:hi]))
+            which, rows = csr_chunk(exclude, start, start + scores.shape[0])
+            if len(rows):
+                at = (torch.from_numpy(which), torch.from_numpy(rows))
                 scores[at[0].to(scores.device), at[1].to(scores.device)] = -torch.inf
         out.append(torch.topk(scores, k, dim=1).indices.cpu())
     if not out:
@@ -226,9 +234,7 @@ def _topk_faiss(
                     f"faiss.knn returned no row for query {start + np.argwhere(idx < 0)[0, 0]}"
                 )
             if extra:
-                indptr, rows = exclude
-                which = np.repeat(np.arange(c), counts)
-                dropped = rows[indptr[start] : indptr[start + c]]
+                which, dropped = csr_chunk(exclude, start, start + c)
                 drop = np.isin(np.arange(c)[:, None] * n + idx, which * n + dropped)
                 idx = np.take_along_axis(idx, np.argsort(drop, axis=1, kind="stable"), axis=1)
             out.append(torch.from_numpy(np.ascontiguousarray(idx[:, :k], dtype=np.int64)))

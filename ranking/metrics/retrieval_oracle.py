@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ranking.metrics.retrieval import OracleLists, Reference
+from ranking.metrics.retrieval import OracleLists, Reference, csr_chunk
 
 #: (user, item) pairs per oracle call: ~1M pairs is ~100 MB of temporaries.
 PAIRS_PER_CHUNK = 1 << 20
@@ -87,10 +87,7 @@ def oracle_lists(
         u = users[start : start + step]
         p, _ = oracle_probabilities(world, u[:, None], corpus_ids[None, :], 0)
         if exclude is not None:
-            indptr, items = exclude
-            stop = start + len(u)
-            counts = np.diff(indptr[start : stop + 1])
-            p[np.repeat(np.arange(len(u)), counts), items[indptr[start] : indptr[stop]]] = 0.0
+            p[csr_chunk(exclude, start, start + len(u))] = 0.0
         part = np.argpartition(-p, k - 1, axis=1)[:, :k]
         # order the k best by probability (stable on corpus position for ties)
         order = np.lexsort((part, -np.take_along_axis(p, part, axis=1)), axis=1)
