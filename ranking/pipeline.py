@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -18,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ranking.data.datamodule import RecDataModule
-from ranking.data.errors import DataError
+from ranking.data.errors import ConfigError, DataError
+from ranking.data.files import csv_column_types, iter_record_batches
 from ranking.lit.ranking import RankingModule
 from ranking.lit.retrieval import RetrievalModule
 from ranking.schema import SCHEMA_FILE, Schema
@@ -42,7 +45,8 @@ def prepare_dataset(cfg: DictConfig) -> Path:
     if path.exists() or generate_at is None or path != Path(generate_at):
         raise DataError(
             f"no {SCHEMA_FILE} here: not a dataset directory "
-            "(make a synthetic one with `ranking-data out=DIR`)",
+            "(make one with `ranking-data out=DIR`: the synthetic world, or source=movielens-1m "
+            "raw=DIR for a public dataset)",
             file=path,
         )
     from ranking.data.synthetic import SyntheticConfig, generate
@@ -50,6 +54,47 @@ def prepare_dataset(cfg: DictConfig) -> Path:
     log.info("No dataset at %s: generating the synthetic world there.", path)
     generate(path, SyntheticConfig(**OmegaConf.to_container(cfg.world, resolve=True)))
     return path
+
+
+def check_stages(cfg: DictConfig, schema: Schema) -> None:
+    """Refuse, before any training, stages this dataset cannot train: a stage's
+    labels must be the schema's, the ranker's must hold both 0 and 1 in train
+    (every row a positive, as in MovieLens's ratings, trains retrieval only),
+    and the export bundle needs the retrieval stage (without ranking it holds
+    the towers and the index only)."""
+    stages = list(cfg.stages)
+    if "export" in stages and "retrieval" not in stages:
+        raise ConfigError(f"stages={stages}: export needs the retrieval stage (or drop export)")
+    if "retrieval" in stages and cfg.retrieval.task.positive_label not in schema.labels:
+        raise ConfigError(
+            f"retrieval.task.positive_label={cfg.retrieval.task.positive_label!r} is not a "
+            f"label of the dataset {schema.name!r} (labels: {list(schema.labels)})"
+        )
+    if "ranking" not in stages:
+        return
+    tasks = list(cfg.ranking.model.tasks)
+    unknown = [t for t in tasks if t not in schema.labels]
+    if unknown:
+        raise ConfigError(
+            f"ranking.model.tasks: {unknown} are not labels of the dataset {schema.name!r} "
+            f"(labels: {list(schema.labels)}); set ranking.model.tasks=[...]"
+        )
+    types = csv_column_types(schema)
+    for task in tasks:
+        seen: set[float] = set()
+        for path in schema.split_paths("train"):
+            for _, rb in iter_record_batches(path, [task], 1 << 18, types):
+                seen.update(pc.unique(pc.cast(rb.column(0), pa.float64())).to_pylist())
+            if {0.0, 1.0} <= seen:
+                break
+        if not {0.0, 1.0} <= seen:
+            raise DataError(
+                f"label {task!r} is {sorted(seen)} on every train row: the ranker needs both "
+                "clicked and not-clicked impressions (a log of positives only trains "
+                "retrieval: stages=[retrieval])",
+                file=schema.root / "train",
+                column=task,
+            )
 
 
 def build_datamodule(
@@ -241,7 +286,7 @@ def export_run(
     cfg: DictConfig,
     path: Path,
     retrieval: RetrievalModule,
-    ranking: RankingModule,
+    ranking: RankingModule | None,
     out: Path,
     metrics: dict[str, float],
     run_id: str | None,
@@ -252,8 +297,8 @@ def export_run(
         dm.schema,
         dm.stats.to_dict(),
         retrieval.model,
-        ranking.model,
-        list(ranking.task.tasks),
+        ranking.model if ranking is not None else None,
+        list(ranking.task.tasks) if ranking is not None else None,
         corpus_batches=dm.corpus_dataloader(),
         user_batches=dm.users_dataloader(),
         metrics=metrics,

@@ -231,3 +231,46 @@ def test_recommend_with_fewer_available_items_than_asked(bundle):
         assert len(line["scores"]) == 3 and np.isfinite(line["scores"]).all()
     assert all(line["items"] == [] for line in rec.recommend(users, top_n=5, at=5_000))
     assert len(rec.recommend(users, top_n=5, at=150)[0]["items"]) == 5
+
+
+def test_retrieval_only_bundle_serves_the_exact_top_n(tiny_trained, tiny_dataset, tmp_path):
+    """A run without the ranking stage (a log of positives only) exports the towers,
+    the index and the snapshots; ``ranking-recommend`` serves the top N by inner
+    product, the same list as an exact search over the exported embeddings."""
+    from ranking.pipeline import export_run
+    from ranking.serving.bundle import Bundle
+    from ranking.serving.recommend import Recommender
+
+    cfg, retrieval, _, _ = tiny_trained
+    out = export_run(cfg, tiny_dataset, retrieval, None, tmp_path / "bundle", {}, None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["artifacts"]) == ["item_tower", "user_tower"]
+    assert not (out / "ranker.pt").exists()
+    assert manifest["serving"]["order"] == "retrieval_score"
+    assert manifest["serving"]["rank_by"] is None
+    checked = Bundle(out).check_test_vectors("pt2")
+    assert sorted(checked) == ["item_tower", "retrieval", "user_tower"]
+
+    rec = Recommender(out)
+    users = [0, 5, 17]
+    got = rec.recommend(users, top_n=5)
+    emb = np.load(out / "item_embeddings.npy")
+    ids = np.load(out / "item_ids.npy")
+    tower = torch.jit.load(str(out / "user_tower.pt"))
+    with np.load(out / "user_snapshot.npz") as z:
+        snap = {k: torch.from_numpy(z[k]) for k in z.files}
+    snap_ids = snap.pop("user_ids").numpy()
+    for line, user in zip(got, users, strict=True):
+        row = int(np.flatnonzero(snap_ids == user)[0])
+        with torch.no_grad():
+            q = tower({k: v[row : row + 1] for k, v in snap.items()}).numpy()[0]
+        scores = emb @ q
+        top = np.argsort(-scores, kind="stable")[:5]
+        assert line["items"] == ids[top].tolist()
+        np.testing.assert_allclose(line["scores"], scores[top], atol=1e-5)
+    # with a request time: only the items available then
+    windows = np.load(out / "item_availability.npz")
+    at = int(np.median(windows["start"][windows["start"] > windows["start"].min()]))
+    servable = set(ids[(windows["start"] <= at) & (at < windows["end"])].tolist())
+    for line in rec.recommend(users, top_n=5, at=at):
+        assert len(line["items"]) == 5 and set(line["items"]) <= servable

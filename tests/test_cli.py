@@ -101,6 +101,19 @@ def test_eval_reproduces_the_run_metrics(trained_run):
     again = json.loads((run / "eval_metrics.json").read_text())
     for key in ("test/recall@100", "test/auc/click"):
         assert again[key] == pytest.approx(first[key], abs=1e-6), key
+    # another protocol on the same checkpoints: the retrieval stage alone, the
+    # users' train clicks excluded (re-clicks are positives of the synthetic log)
+    res = cli(
+        "ranking-eval",
+        "run=runs/latest",
+        "stages=[retrieval]",
+        "+retrieval.eval.exclude_train=true",
+        cwd=work,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    other = json.loads((run / "eval_metrics.json").read_text())
+    assert "test/auc/click" not in other
+    assert other["test/recall@100"] != pytest.approx(first["test/recall@100"], abs=1e-4)
 
 
 @pytest.mark.slow

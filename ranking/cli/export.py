@@ -22,7 +22,9 @@ def main(cfg: DictConfig) -> None:
     data_dir = Path(run_cfg.data.path)
     schema = Schema.load(data_dir)
     retrieval = load_stage("retrieval", run_cfg, schema, run_dir)
-    ranking = load_stage("ranking", run_cfg, schema, run_dir)
+    # a run without the ranking stage exports a retrieval-only bundle
+    ranked = "ranking" in run_cfg.stages
+    ranking = load_stage("ranking", run_cfg, schema, run_dir) if ranked else None
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     out = Path(cfg.out) if cfg.out else run_dir / "bundle"

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from ranking.cli import CONFIG_PATH
 from ranking.data.errors import main_guard
-from ranking.pipeline import export_run, prepare_dataset, train_stage, write_metrics
+from ranking.pipeline import check_stages, export_run, prepare_dataset, train_stage, write_metrics
 from ranking.schema import Schema
 from ranking.serving.index import index_metrics
 from ranking.tracking import Tracker
@@ -24,6 +24,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     data_dir = prepare_dataset(cfg)
     schema = Schema.load(data_dir)
+    check_stages(cfg, schema)
     tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled)
     metrics: dict[str, float] = {}
     modules = {}
@@ -39,7 +40,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 cfg,
                 data_dir,
                 modules["retrieval"],
-                modules["ranking"],
+                modules.get("ranking"),
                 run_dir / "bundle",
                 metrics,
                 run_id,

@@ -77,6 +77,11 @@ class DataError(ValueError):
         return (type(self), (self.problem, self.file, self.column, self.row, self.value))
 
 
+class ConfigError(ValueError):
+    """The job's configuration asks for something the dataset cannot give (a stage
+    without the labels it needs, a task that is not a label)."""
+
+
 def main_guard(fn: F) -> F:
     """Wrap a command's main so bad input ends as ``error: <message>`` on stderr, exit 2.
 
@@ -93,7 +98,7 @@ def main_guard(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DataError, SchemaError) as e:
+        except (DataError, SchemaError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(EXIT_BAD_INPUT) from None
 

@@ -122,8 +122,8 @@ def export_bundle(
     schema: Schema,
     dense_stats: dict[str, Any],
     retrieval: TwoTower,
-    ranker: DLRM,
-    tasks: list[str],
+    ranker: DLRM | None,
+    tasks: list[str] | None,
     corpus_batches,
     user_batches,
     metrics: dict[str, float] | None = None,
@@ -136,6 +136,9 @@ def export_bundle(
     """Export both stages into one self-contained folder. Returns the folder.
 
     Args:
+        ranker, tasks: the ranking stage, or None for a retrieval-only bundle
+            (towers, index and snapshots; ``ranking-recommend`` then orders the
+            candidates by their retrieval score).
         corpus_batches: iterable of item-corpus :class:`Batch` (every item once).
         user_batches: iterable of user-snapshot batches (every user once).
         rank_by: the task whose probability orders the final list (default: the first).
@@ -145,10 +148,13 @@ def export_bundle(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     retrieval = retrieval.cpu().eval()
-    ranker = ranker.cpu().eval()
-    user_pred = user_tower_predictor(schema, retrieval)
-    item_pred = item_tower_predictor(schema, retrieval)
-    rank_pred = ranker_predictor(schema, ranker)
+    predictors = {
+        "user_tower": user_tower_predictor(schema, retrieval),
+        "item_tower": item_tower_predictor(schema, retrieval),
+    }
+    if ranker is not None:
+        predictors["ranker"] = ranker_predictor(schema, ranker.cpu().eval())
+    user_pred = predictors["user_tower"]
 
     with torch.no_grad():
         corpus: list[Batch] = list(corpus_batches)
@@ -192,11 +198,11 @@ def export_bundle(
         metrics or {},
         run_id,
         retrieve_k,
-        rank_by or tasks[0],
+        (rank_by or tasks[0]) if ranker is not None else None,
         n_items=len(item_ids),
         n_users=len(users["user_ids"]),
         index_info=index_info,
-        ranker_outputs=ranker.output_columns(),
+        ranker_outputs=ranker.output_columns() if ranker is not None else None,
         availability=windows is not None,
     )
     write_artifacts(
@@ -204,7 +210,7 @@ def export_bundle(
         manifest,
         schema,
         dense_stats,
-        {"user_tower": user_pred, "item_tower": item_pred, "ranker": rank_pred},
+        predictors,
         aoti=aoti,
         corpus=(emb, item_ids),
     )
@@ -248,11 +254,11 @@ def build_manifest(
     schema: Schema,
     dense_stats: dict[str, Any],
     retrieval: TwoTower,
-    tasks: list[str],
+    tasks: list[str] | None,
     metrics: dict[str, float],
     run_id: str | None,
     retrieve_k: int,
-    rank_by: str,
+    rank_by: str | None,
     n_items: int,
     n_users: int,
     index_info: dict[str, Any] | None = None,
@@ -281,6 +287,38 @@ def build_manifest(
             entry.update(transform=f.transform, stats=dense_stats.get("features", {}).get(f.name))
         features[f.name] = entry
     context_defaults = {f.name: 0 for f in schema.sparse(Side.CONTEXT)}
+    artifacts: dict[str, Any] = {
+        "user_tower": {
+            "file": "user_tower.pt",
+            "format": "torchscript",
+            "inputs": input_specs(schema, (Side.USER,)),
+            "output": {
+                "name": "user_embedding",
+                "dtype": "float32",
+                "shape": ["B", retrieval.out_dim],
+            },
+        },
+        "item_tower": {
+            "file": "item_tower.pt",
+            "format": "torchscript",
+            "inputs": input_specs(schema, (Side.ITEM,)),
+            "output": {
+                "name": "item_embedding",
+                "dtype": "float32",
+                "shape": ["B", retrieval.out_dim],
+            },
+        },
+    }
+    if tasks is not None:
+        artifacts["ranker"] = {
+            "file": "ranker.pt",
+            "format": "torchscript",
+            "inputs": input_specs(schema, (Side.USER, Side.ITEM, Side.CONTEXT)),
+            "output": {"name": "probabilities", "dtype": "float32", "shape": ["B", len(tasks)]},
+            "tasks": list(tasks),
+            # column i = task i; ESMM columns are joint probabilities (pCTCVR)
+            "outputs": ranker_outputs,
+        }
     return {
         "format_version": FORMAT_VERSION,
         "dataset": schema.name,
@@ -292,37 +330,7 @@ def build_manifest(
         },
         "mlflow_run_id": run_id,
         "metrics": metrics,
-        "artifacts": {
-            "user_tower": {
-                "file": "user_tower.pt",
-                "format": "torchscript",
-                "inputs": input_specs(schema, (Side.USER,)),
-                "output": {
-                    "name": "user_embedding",
-                    "dtype": "float32",
-                    "shape": ["B", retrieval.out_dim],
-                },
-            },
-            "item_tower": {
-                "file": "item_tower.pt",
-                "format": "torchscript",
-                "inputs": input_specs(schema, (Side.ITEM,)),
-                "output": {
-                    "name": "item_embedding",
-                    "dtype": "float32",
-                    "shape": ["B", retrieval.out_dim],
-                },
-            },
-            "ranker": {
-                "file": "ranker.pt",
-                "format": "torchscript",
-                "inputs": input_specs(schema, (Side.USER, Side.ITEM, Side.CONTEXT)),
-                "output": {"name": "probabilities", "dtype": "float32", "shape": ["B", len(tasks)]},
-                "tasks": list(tasks),
-                # column i = task i; ESMM columns are joint probabilities (pCTCVR)
-                "outputs": ranker_outputs,
-            },
-        },
+        "artifacts": artifacts,
         # type/params of the FAISS index, its recall@k against exact search and
         # single-thread query latency, measured at export (ranking.serving.index)
         "index": {
@@ -345,7 +353,10 @@ def build_manifest(
         },
         "serving": {
             "retrieve_k": retrieve_k,
+            # the ranker's task ordering the final list; null in a retrieval-only
+            # bundle (no ranker): the final list is the top by retrieval score
             "rank_by": rank_by,
+            "order": "ranker" if tasks is not None else "retrieval_score",
             "context_defaults": context_defaults,
         },
         "features": features,

@@ -3,7 +3,8 @@
 Imports torch, numpy, faiss and the standard library only: the serving team
 runs it without our training stack. Pipeline per request batch:
 user snapshot -> user tower -> FAISS top-K -> ranker on the K candidates ->
-sort by the manifest's ``rank_by`` task -> top-N.
+sort by the manifest's ``rank_by`` task -> top-N. A retrieval-only bundle (no
+ranker) serves the top N by retrieval score (the towers' inner product).
 
 With ``--at T`` (the request time, in the dataset's time units) and a bundle
 whose dataset declares availability windows (``item_availability.npz``), the
@@ -44,13 +45,16 @@ class Recommender:
         self.manifest = read_manifest(self.root)
         arts = self.manifest["artifacts"]
         self.user_tower = torch.jit.load(str(self.root / arts["user_tower"]["file"]))
-        self.ranker = torch.jit.load(str(self.root / arts["ranker"]["file"]))
-        self.tasks: list[str] = arts["ranker"]["tasks"]
         serving = self.manifest["serving"]
-        self.rank_col = self.tasks.index(serving["rank_by"])
         self.retrieve_k = int(serving["retrieve_k"])
         self.context_defaults: dict[str, int] = serving["context_defaults"]
-        self.ranker_inputs = arts["ranker"]["inputs"]
+        #: None in a retrieval-only bundle: the list is ordered by retrieval score
+        self.ranker = None
+        if "ranker" in arts:
+            self.ranker = torch.jit.load(str(self.root / arts["ranker"]["file"]))
+            self.tasks: list[str] = arts["ranker"]["tasks"]
+            self.rank_col = self.tasks.index(serving["rank_by"])
+            self.ranker_inputs = arts["ranker"]["inputs"]
         self.index = faiss.read_index(str(self.root / self.manifest["index"]["file"]))
         self.item_ids = np.load(self.root / self.manifest["index"]["row_to_item_id"])
         #: (start, end) int64 [N] by corpus row, or None: every item always available
@@ -95,11 +99,16 @@ class Recommender:
             cand[short] = self._exact_search(query[short], k, servable)
         return cand
 
-    def _exact_search(self, query: np.ndarray, k: int, servable: np.ndarray | None) -> np.ndarray:
-        """[U, k] exact inner-product top k over the servable rows (-1 pads past them)."""
+    def embeddings(self) -> np.ndarray:
+        """The exported item embeddings [N, D] (memory-mapped once)."""
         if self._embeddings is None:
             path = self.root / self.manifest["index"]["embeddings"]
             self._embeddings = np.load(path, mmap_mode="r")
+        return self._embeddings
+
+    def _exact_search(self, query: np.ndarray, k: int, servable: np.ndarray | None) -> np.ndarray:
+        """[U, k] exact inner-product top k over the servable rows (-1 pads past them)."""
+        self.embeddings()
         rows = np.arange(self.index.ntotal) if servable is None else np.flatnonzero(servable)
         scores = torch.from_numpy(query) @ torch.from_numpy(np.asarray(self._embeddings[rows])).T
         top = torch.topk(scores, min(k, len(rows)), dim=1).indices.numpy()
@@ -120,6 +129,8 @@ class Recommender:
         n_users = len(user_ids)
         if k == 0:
             return [{"user_id": int(u), "items": [], "scores": []} for u in user_ids]
+        if self.ranker is None:  # retrieval-only bundle: the top N by inner product
+            return self._by_retrieval_score(user_ids, query, min(top_n, k), servable)
         cand = self._search(query, k, servable)  # [U, K] corpus rows (-1: none found)
         found = torch.from_numpy(cand >= 0)
         cand = np.where(cand >= 0, cand, 0)
@@ -148,6 +159,27 @@ class Recommender:
                     "user_id": int(user_ids[u]),
                     "items": [int(i) for i in self.item_ids[picked]],
                     "scores": [round(float(s), 6) for s in top.values[u][real]],
+                }
+            )
+        return out
+
+    def _by_retrieval_score(
+        self, user_ids: list[int], query: np.ndarray, n: int, servable: np.ndarray | None
+    ) -> list[dict]:
+        """Top ``n`` corpus items per user by the towers' inner product (the index's
+        own order; the scores recomputed from the exported embeddings)."""
+        cand = self._search(query, n, servable)
+        emb = self.embeddings()
+        out = []
+        for u, rows in enumerate(cand):
+            rows = rows[rows >= 0]
+            scores = np.asarray(emb[rows]) @ query[u]
+            order = np.argsort(-scores, kind="stable")  # ANN results may come out of order
+            out.append(
+                {
+                    "user_id": int(user_ids[u]),
+                    "items": [int(i) for i in self.item_ids[rows[order]]],
+                    "scores": [round(float(s), 6) for s in scores[order]],
                 }
             )
         return out

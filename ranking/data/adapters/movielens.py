@@ -1,0 +1,480 @@
+"""MovieLens (1M in GroupLens's ``::`` format, 100K in RecBole's atomic TSV) ->
+a dataset directory, split by the published leave-last-out protocol.
+
+Protocol (torch-rechub's MovieLens-1M retrieval table; ``../shared/data/README.md``):
+every rating is an implicit positive (``click = 1``; the star rating is kept
+as the ignored column ``rating``); each user's interactions are ordered by
+timestamp, ties broken by line order in the ratings file (this decides the
+held-out movie for 42 % of MovieLens-1M's users); the last one is the user's
+test row, the one before it the valid row, the rest train. (torch-rechub
+trains on all but the last: our train holds one interaction per user fewer,
+0.6 % of the rows, so that valid is never test.) The item corpus is the movies
+with at least one rating (3,706 of MovieLens-1M's 3,883), the corpus of the
+published full-corpus Hit@100.
+
+Columns of every row (one rating):
+
+- user side: ``user_id``, ``gender`` (0 M, 1 F), ``age`` (the seven
+  MovieLens-1M brackets: under 18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+;
+  MovieLens-100K's ages in years are put in the same brackets), ``occupation``
+  (MovieLens-1M's codes 0-20; MovieLens-100K's names in sorted order), ``zip``
+  (the zip code as text, hashed), ``hist_items``: the user's previous
+  ``hist_len`` movies (strictly earlier in the order above, most recent last);
+- item side: ``item_id`` (the dataset's movie id), ``genres`` (multi-hot,
+  genre names in sorted order), ``year`` (release year in sorted order, 0 =
+  unknown);
+- ``ts`` (unix seconds), ``click`` (1), ``rating`` (1-5, ignored).
+
+``users.parquet`` holds each user's state after the whole log (their last
+``hist_len`` movies, the test one included): the snapshot a serving bundle
+recommends from. The train rows are written in a seeded random order (the
+loader's shuffle works within windows of consecutive rows); valid and test
+in user order. Every label is 1, so this dataset trains the retrieval stage
+only (``experiment=movielens_1m``): a ranker needs shown-and-not-clicked
+impressions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import yaml
+
+from ranking.data.errors import DataError
+from ranking.schema import Schema
+
+AGE_BRACKETS = (18, 25, 35, 45, 50, 56)  # lower bounds of brackets 1..6 (0: under 18)
+ML1M_AGES = {1: 0, 18: 1, 25: 2, 35: 3, 45: 4, 50: 5, 56: 6}
+ML1M_OCCUPATIONS = 21
+GENDERS = {"M": 0, "F": 1}
+ROW_GROUP_ROWS = 16_384  # the loader's default shard size (ranking.data.dataset)
+INT_LIST = pa.list_(pa.int64())
+YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A MovieLens release read into arrays (ratings in file line order).
+
+    Ratings [R]: ``user``, ``item``, ``rating``, ``ts`` int64.
+    Users [U]: ``user_ids`` and code arrays ``gender``, ``age``, ``occupation``
+    (int64) and ``zip`` (str). Movies [M]: ``item_ids``, ``year`` (int64,
+    0 = unknown) and ``genres`` (a list of genre codes per movie).
+    """
+
+    name: str
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    ts: np.ndarray
+    users: dict[str, np.ndarray]
+    item_ids: np.ndarray
+    year: np.ndarray
+    genres: list[list[int]]
+    genre_names: list[str]
+    year_values: list[int]
+    occupation_names: list[str] | None
+
+
+def _lines(path: Path, sep: str, n_fields: int, encoding: str, skip_header: bool = False):
+    """(0-based row, fields) per line; a line without ``n_fields`` fields is an error."""
+    with open(path, encoding=encoding, newline="") as f:
+        if skip_header:
+            f.readline()
+        for row, line in enumerate(f):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            fields = line.split(sep)
+            if len(fields) != n_fields:
+                raise DataError(
+                    f"expected {n_fields} fields separated by {sep!r}, found {len(fields)}",
+                    path,
+                    row=row,
+                    value=line,
+                )
+            yield row, fields
+
+
+def _int(path: Path, row: int, column: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError("not an integer", path, column, row, text) from None
+
+
+def _number(path: Path, row: int, column: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError("not a number", path, column, row, text) from None
+
+
+def _check_ints(path: Path, columns: dict[str, np.ndarray], min_value: dict[str, int]) -> None:
+    for name, low in min_value.items():
+        bad = np.flatnonzero(columns[name] < low)
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(f"below {low}", path, name, i, int(columns[name][i]))
+
+
+def _ratings(path: Path, sep: str, header: bool) -> dict[str, np.ndarray]:
+    """user, item, rating, ts of a ratings file, vectorised (pyarrow's CSV reader);
+    on a parse failure the lines are scanned to name the first bad one."""
+    fields = ["user", "item", "rating", "ts"]
+    if sep == "::":  # one-character delimiter: the empty columns between the colons
+        cols = ["user", "_a", "item", "_b", "rating", "_c", "ts"]
+        parse = pacsv.ParseOptions(delimiter=":")
+    else:
+        cols, parse = fields, pacsv.ParseOptions(delimiter=sep)
+    types = {"user": pa.int64(), "item": pa.int64(), "rating": pa.float64(), "ts": pa.float64()}
+    try:
+        t = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=cols, skip_rows=1 if header else 0),
+            parse_options=parse,
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=fields),
+        )
+        if any(t.column(k).null_count for k in fields):
+            raise ValueError("empty field")
+        out = {k: t.column(k).to_numpy() for k in fields}
+    except (pa.ArrowInvalid, ValueError):
+        for row, parts in _lines(path, sep, 4, "latin-1", header):
+            for name, text in zip(fields, parts, strict=True):
+                _number(path, row, name, text)
+        raise DataError("could not be parsed as a ratings file", path) from None
+    for name in ("rating", "ts"):
+        v = out[name]
+        frac = np.flatnonzero(v != np.floor(v))
+        if len(frac):
+            raise DataError("not a whole number", path, name, int(frac[0]), float(v[frac[0]]))
+        out[name] = v.astype(np.int64)
+    _check_ints(path, out, {"user": 0, "item": 0, "rating": 0, "ts": 0})
+    return out
+
+
+def _age_bracket(age: int) -> int:
+    return int(np.searchsorted(AGE_BRACKETS, age, side="right"))
+
+
+def _codes(values: list[str]) -> tuple[list[str], dict[str, int]]:
+    names = sorted(set(values))
+    return names, {v: i for i, v in enumerate(names)}
+
+
+def read_ml1m(root: Path) -> Raw:
+    """MovieLens-1M: ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``, latin-1)."""
+    r = _ratings(root / "ratings.dat", "::", header=False)
+    path = root / "users.dat"
+    users: dict[str, list] = {"user_ids": [], "gender": [], "age": [], "occupation": [], "zip": []}
+    for row, (uid, gender, age, occ, zip_code) in _lines(path, "::", 5, "latin-1"):
+        if gender not in GENDERS:
+            raise DataError("gender is not M or F", path, "gender", row, gender)
+        a = _int(path, row, "age", age)
+        if a not in ML1M_AGES:
+            raise DataError(f"age is not one of {sorted(ML1M_AGES)}", path, "age", row, a)
+        o = _int(path, row, "occupation", occ)
+        if not 0 <= o < ML1M_OCCUPATIONS:
+            raise DataError(
+                f"occupation outside 0..{ML1M_OCCUPATIONS - 1}", path, "occupation", row, o
+            )
+        users["user_ids"].append(_int(path, row, "user_id", uid))
+        users["gender"].append(GENDERS[gender])
+        users["age"].append(ML1M_AGES[a])
+        users["occupation"].append(o)
+        users["zip"].append(zip_code)
+    path = root / "movies.dat"
+    ids, titles, genres = [], [], []
+    for row, (mid, title, genre) in _lines(path, "::", 3, "latin-1"):
+        ids.append(_int(path, row, "movie_id", mid))
+        titles.append(title)
+        genres.append(genre.split("|") if genre else [])
+    years = [int(m.group(1)) if (m := YEAR_IN_TITLE.search(t)) else 0 for t in titles]
+    return _assemble("movielens_1m", r, users, ids, years, genres, None)
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, encoding="latin-1") as f:
+        return [c.split(":")[0] for c in f.readline().rstrip("\r\n").split("\t")]
+
+
+def read_ml100k(root: Path) -> Raw:
+    """MovieLens-100K in RecBole's atomic files ``ml-100k.inter/.user/.item`` (TSV,
+    typed headers)."""
+    path = root / "ml-100k.inter"
+    want = ["user_id", "item_id", "rating", "timestamp"]
+    if _header(path) != want:
+        raise DataError(f"header is not {want}", path, value=_header(path))
+    r = _ratings(path, "\t", header=True)
+    path = root / "ml-100k.user"
+    want = ["user_id", "age", "gender", "occupation", "zip_code"]
+    if _header(path) != want:
+        raise DataError(f"header is not {want}", path, value=_header(path))
+    rows = list(_lines(path, "\t", 5, "latin-1", skip_header=True))
+    occ_names, occ_code = _codes([f[3] for _, f in rows])
+    users: dict[str, list] = {"user_ids": [], "gender": [], "age": [], "occupation": [], "zip": []}
+    for row, (uid, age, gender, occ, zip_code) in rows:
+        if gender not in GENDERS:
+            raise DataError("gender is not M or F", path, "gender", row, gender)
+        users["user_ids"].append(_int(path, row, "user_id", uid))
+        users["gender"].append(GENDERS[gender])
+        users["age"].append(_age_bracket(_int(path, row, "age", age)))
+        users["occupation"].append(occ_code[occ])
+        users["zip"].append(zip_code)
+    path = root / "ml-100k.item"
+    want = ["item_id", "movie_title", "release_year", "class"]
+    if _header(path) != want:
+        raise DataError(f"header is not {want}", path, value=_header(path))
+    ids, years, genres = [], [], []
+    for row, (mid, _title, year, genre) in _lines(path, "\t", 4, "latin-1", skip_header=True):
+        ids.append(_int(path, row, "item_id", mid))
+        years.append(_int(path, row, "release_year", year) if year else 0)
+        genres.append(genre.split(" ") if genre else [])
+    return _assemble("movielens_100k", r, users, ids, years, genres, occ_names)
+
+
+def _assemble(name, r, users, ids, years, genres, occ_names) -> Raw:
+    genre_names, genre_code = _codes([g for gs in genres for g in gs])
+    year_values = sorted({y for y in years if y})
+    year_code = {y: i + 1 for i, y in enumerate(year_values)}
+    return Raw(
+        name=name,
+        user=r["user"],
+        item=r["item"],
+        rating=r["rating"],
+        ts=r["ts"],
+        users={
+            "user_ids": np.asarray(users["user_ids"], np.int64),
+            "gender": np.asarray(users["gender"], np.int64),
+            "age": np.asarray(users["age"], np.int64),
+            "occupation": np.asarray(users["occupation"], np.int64),
+            "zip": np.asarray(users["zip"], object),
+        },
+        item_ids=np.asarray(ids, np.int64),
+        year=np.asarray([year_code.get(y, 0) for y in years], np.int64),
+        genres=[[genre_code[g] for g in gs] for gs in genres],
+        genre_names=genre_names,
+        year_values=year_values,
+        occupation_names=occ_names,
+    )
+
+
+READERS = {"movielens-1m": read_ml1m, "movielens-100k": read_ml100k}
+#: Each source's (ratings, users, movies) files.
+FILES = {
+    "movielens-1m": ("ratings.dat", "users.dat", "movies.dat"),
+    "movielens-100k": ("ml-100k.inter", "ml-100k.user", "ml-100k.item"),
+}
+
+
+def leave_last_out(user: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The log order and each row's split.
+
+    Args:
+        user, ts: int64 [R] in file line order.
+    Returns:
+        order: int64 [R], row indices sorted by (user, ts, line).
+        position: int64 [R], each sorted row's index within its user's sequence.
+        split: int8 [R] per sorted row: 0 train, 1 valid (second last), 2 test (last).
+    """
+    order = np.lexsort((np.arange(len(user)), ts, user))
+    u = user[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    counts = np.diff(np.r_[starts, len(u)])
+    position = np.arange(len(u)) - np.repeat(starts, counts)
+    from_end = np.repeat(counts, counts) - position  # 1 = last
+    split = np.zeros(len(u), np.int8)
+    split[(from_end == 2) & (np.repeat(counts, counts) >= 3)] = 1
+    split[(from_end == 1) & (np.repeat(counts, counts) >= 2)] = 2
+    return order, position, split
+
+
+def histories(
+    items: np.ndarray, position: np.ndarray, hist_len: int, upto: bool = False
+) -> pa.Array:
+    """Each sorted row's previous ``hist_len`` items of its user, most recent last.
+
+    Args:
+        items: int64 [R] item ids in (user, ts, line) order.
+        position: int64 [R] row index within the user's sequence.
+        upto: include the row's own item (the state after it).
+    Returns:
+        list<int64> [R].
+    """
+    end = np.arange(len(items)) + (1 if upto else 0)
+    lengths = np.minimum(position + (1 if upto else 0), hist_len)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    starts = end - lengths
+    flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()), pa.array(items[flat], pa.int64())
+    )
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="snappy", row_group_size=ROW_GROUP_ROWS)
+
+
+def write_movielens(
+    source: str, raw_dir: str | Path, out: str | Path, hist_len: int = 50, seed: int = 0
+) -> Schema:
+    """Write the dataset directory ``out`` from the raw files at ``raw_dir``.
+
+    Args:
+        source: ``movielens-1m`` or ``movielens-100k``.
+        hist_len: longest ``hist_items`` (torch-rechub's examples: 50).
+        seed: the train rows' write order.
+    """
+    if source not in READERS:
+        raise ValueError(f"unknown MovieLens source {source!r} (available: {sorted(READERS)})")
+    raw_dir, out = Path(raw_dir), Path(out)
+    ratings_file, users_file, items_file = (raw_dir / f for f in FILES[source])
+    for f in (ratings_file, users_file, items_file):
+        if not f.is_file():
+            raise DataError(f"missing ({source} needs {', '.join(FILES[source])})", f)
+    raw = READERS[source](raw_dir)
+
+    user_row = _index(raw.users["user_ids"], raw.user, ratings_file, "user_id", users_file)
+    item_row = _index(raw.item_ids, raw.item, ratings_file, "item_id", items_file)
+    order, position, split = leave_last_out(raw.user, raw.ts)
+    items_sorted = raw.item[order]
+    u_rows, i_rows = user_row[order], item_row[order]
+
+    rated = np.unique(item_row)  # corpus: movies with a rating
+    genres = pa.array([raw.genres[i] for i in range(len(raw.item_ids))], INT_LIST)
+    user_cols = {
+        "user_id": pa.array(raw.user[order]),
+        "gender": pa.array(raw.users["gender"][u_rows]),
+        "age": pa.array(raw.users["age"][u_rows]),
+        "occupation": pa.array(raw.users["occupation"][u_rows]),
+        "zip": pa.array(raw.users["zip"][u_rows].tolist(), pa.string()),
+        "hist_items": histories(items_sorted, position, hist_len),
+    }
+    item_cols = {
+        "item_id": pa.array(items_sorted),
+        "genres": genres.take(pa.array(i_rows)),
+        "year": pa.array(raw.year[i_rows]),
+    }
+    rows = pa.table(
+        {
+            **user_cols,
+            **item_cols,
+            "ts": pa.array(raw.ts[order]),
+            "click": pa.array(np.ones(len(order), np.int8)),
+            "rating": pa.array(raw.rating[order].astype(np.int8)),
+        }
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for code, name in enumerate(("train", "valid", "test")):
+        idx = np.flatnonzero(split == code)
+        if name == "train":
+            idx = np.random.default_rng(seed).permutation(idx)
+        _write(rows.take(pa.array(idx)), out / f"{name}.parquet")
+    _write(
+        pa.table(
+            {
+                "item_id": pa.array(raw.item_ids[rated]),
+                "genres": genres.take(pa.array(rated)),
+                "year": pa.array(raw.year[rated]),
+            }
+        ),
+        out / "items.parquet",
+    )
+    sorted_users = raw.user[order]
+    is_last = np.r_[sorted_users[1:] != sorted_users[:-1], True]  # state after the log
+    after = histories(items_sorted, position, hist_len, upto=True).filter(pa.array(is_last))
+    known = sorted_users[is_last]
+    k_rows = u_rows[is_last]
+    _write(
+        pa.table(
+            {
+                "user_id": pa.array(known),
+                "gender": pa.array(raw.users["gender"][k_rows]),
+                "age": pa.array(raw.users["age"][k_rows]),
+                "occupation": pa.array(raw.users["occupation"][k_rows]),
+                "zip": pa.array(raw.users["zip"][k_rows].tolist(), pa.string()),
+                "hist_items": after,
+            }
+        ),
+        out / "users.parquet",
+    )
+    doc = schema_dict(raw, hist_len)
+    doc["movielens"]["source"] = str(raw_dir)
+    doc["movielens"]["rows"] = {
+        name: int((split == code).sum()) for code, name in enumerate(("train", "valid", "test"))
+    }
+    (out / "schema.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return Schema.load(out)
+
+
+def _index(ids: np.ndarray, values: np.ndarray, file: Path, column: str, table: Path) -> np.ndarray:
+    """Row of each value in ``ids``; a value missing from ``ids`` is an error."""
+    sorter = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids, values, sorter=sorter).clip(max=len(ids) - 1)
+    rows = sorter[pos]
+    bad = np.flatnonzero(ids[rows] != values)
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"not listed in {table.name}", file, column, i, int(values[i]))
+    return rows
+
+
+def schema_dict(raw: Raw, hist_len: int) -> dict[str, Any]:
+    """The ``schema.yaml`` contents (see :mod:`ranking.schema`)."""
+    user, item = {"side": "user"}, {"side": "item"}
+
+    def cat(side: dict[str, str], vocab: int, dim: int) -> dict[str, Any]:
+        return {**side, "kind": "categorical", "vocab_size": int(vocab), "dim": dim}
+
+    return {
+        "name": raw.name,
+        "ids": {"user": "user_id", "item": "item_id"},
+        "time": "ts",
+        "labels": ["click"],
+        "ignore": ["rating"],
+        "files": {
+            "train": "train.parquet",
+            "valid": "valid.parquet",
+            "test": "test.parquet",
+            "items": "items.parquet",
+            "users": "users.parquet",
+        },
+        "features": {
+            "user_id": cat(user, raw.users["user_ids"].max() + 1, 32),
+            "gender": cat(user, len(GENDERS), 4),
+            "age": cat(user, len(AGE_BRACKETS) + 1, 4),
+            "occupation": cat(user, len(raw.occupation_names or range(ML1M_OCCUPATIONS)), 8),
+            "zip": {**user, "kind": "categorical", "hash_buckets": 4096, "dim": 8},
+            "hist_items": {**user, "kind": "sequence", "table": "item_id", "max_len": hist_len},
+            "item_id": cat(item, raw.item_ids.max() + 1, 32),
+            "genres": {
+                **item,
+                "kind": "multi_hot",
+                "vocab_size": len(raw.genre_names),
+                "dim": 8,
+                "max_len": len(raw.genre_names),
+            },
+            "year": cat(item, len(raw.year_values) + 1, 8),
+        },
+        # Not read by ranking.schema; documents the adapter's codes.
+        "movielens": {
+            "adapter": "ranking.data.adapters.movielens",
+            "protocol": "leave-last-out: per user by (timestamp, line in the ratings file), "
+            "the last rating is test, the second last valid, the rest train; every rating "
+            "is a positive (click = 1); corpus = the movies with a rating",
+            "genres": dict(enumerate(raw.genre_names)),
+            "years": {i + 1: y for i, y in enumerate(raw.year_values)},
+            "age": "0 under 18, 1 18-24, 2 25-34, 3 35-44, 4 45-49, 5 50-55, 6 56+",
+            "gender": "0 M, 1 F",
+            "occupation": dict(enumerate(raw.occupation_names))
+            if raw.occupation_names
+            else "MovieLens-1M codes (README)",
+        },
+    }
