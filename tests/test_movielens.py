@@ -207,3 +207,21 @@ def test_stages_the_dataset_cannot_train_are_refused_before_training(tmp_path, t
         check_stages(compose_train([*base, "stages=[ranking,export]"]), schema)
     check_stages(compose_train([*base, "experiment=movielens_1m"]), schema)
     check_stages(compose_train([f"data.path={tiny_dataset}"]), Schema.load(tiny_dataset))
+
+
+@pytest.mark.skipif(
+    not (SHARED / "movielens-100k" / "ml-100k.inter").exists(),
+    reason="../shared/data/movielens-100k is absent (the real MovieLens-100K files)",
+)
+def test_real_ml100k(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="ranking"):
+        schema = write_movielens("movielens-100k", SHARED / "movielens-100k", tmp_path / "ds")
+    # two release years are text in RecBole's file (movie 267 'unkonwn', 1412 'V')
+    assert "2 rows are not a year (first: row 266, value 'unkonwn')" in caplog.text
+    items = pq.read_table(tmp_path / "ds" / "items.parquet").to_pydict()
+    years = dict(zip(items["item_id"], items["year"], strict=True))
+    assert years[267] == 0 and years[1412] == 0 and years[1] > 0
+    report = validate_dataset(schema)
+    assert report["rows"] == {"train": 100_000 - 2 * 943, "valid": 943, "test": 943}
+    assert report["items"] == 1682
+    assert schema.feature("occupation").vocab_size == 21  # the release's 21 occupations
