@@ -287,27 +287,18 @@ def build_manifest(
             entry.update(transform=f.transform, stats=dense_stats.get("features", {}).get(f.name))
         features[f.name] = entry
     context_defaults = {f.name: 0 for f in schema.sparse(Side.CONTEXT)}
+
+    def tower(side: Side, output: str) -> dict[str, Any]:
+        return {
+            "file": f"{side}_tower.pt",
+            "format": "torchscript",
+            "inputs": input_specs(schema, (side,)),
+            "output": {"name": output, "dtype": "float32", "shape": ["B", retrieval.out_dim]},
+        }
+
     artifacts: dict[str, Any] = {
-        "user_tower": {
-            "file": "user_tower.pt",
-            "format": "torchscript",
-            "inputs": input_specs(schema, (Side.USER,)),
-            "output": {
-                "name": "user_embedding",
-                "dtype": "float32",
-                "shape": ["B", retrieval.out_dim],
-            },
-        },
-        "item_tower": {
-            "file": "item_tower.pt",
-            "format": "torchscript",
-            "inputs": input_specs(schema, (Side.ITEM,)),
-            "output": {
-                "name": "item_embedding",
-                "dtype": "float32",
-                "shape": ["B", retrieval.out_dim],
-            },
-        },
+        "user_tower": tower(Side.USER, "user_embedding"),
+        "item_tower": tower(Side.ITEM, "item_embedding"),
     }
     if tasks is not None:
         artifacts["ranker"] = {
