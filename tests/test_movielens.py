@@ -165,6 +165,14 @@ def test_rating_of_an_unknown_user_is_an_error(tmp_path):
     assert "users.dat" in e.value.problem
 
 
+def test_movie_listed_twice_is_an_error(tmp_path):
+    raw = write_raw(tmp_path / "raw")
+    (raw / "movies.dat").write_text(ML1M_MOVIES + "20::Heat again (1995)::Action\n", "latin-1")
+    with pytest.raises(DataError) as e:
+        write_movielens("movielens-1m", raw, tmp_path / "ds")
+    assert (Path(e.value.file).name, e.value.row, e.value.value) == ("movies.dat", 4, 20)
+
+
 def test_missing_raw_file(tmp_path):
     raw = write_raw(tmp_path / "raw")
     (raw / "movies.dat").unlink()

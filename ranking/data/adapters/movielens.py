@@ -200,8 +200,14 @@ def write_movielens(
 
 
 def _index(ids: np.ndarray, values: np.ndarray, file: Path, column: str, table: Path) -> np.ndarray:
-    """Row of each value in ``ids``; a value missing from ``ids`` is an error."""
+    """Row of each value in ``ids``; a value missing from ``ids``, or an id listed
+    twice in ``table``, is an error."""
     sorter = np.argsort(ids, kind="stable")
+    twice = np.flatnonzero(ids[sorter][1:] == ids[sorter][:-1])
+    if len(twice):
+        dup = sorter[twice + 1]  # rows of the second listings
+        i = int(dup.min())
+        raise DataError("id listed twice", table, column, i, int(ids[i]))
     pos = np.searchsorted(ids, values, sorter=sorter).clip(max=len(ids) - 1)
     rows = sorter[pos]
     bad = np.flatnonzero(ids[rows] != values)
