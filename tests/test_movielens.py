@@ -173,6 +173,17 @@ def test_movie_listed_twice_is_an_error(tmp_path):
     assert (Path(e.value.file).name, e.value.row, e.value.value) == ("movies.dat", 4, 20)
 
 
+def test_title_without_a_year_is_unknown_and_said(tmp_path, caplog):
+    raw = write_raw(tmp_path / "raw")
+    movies = ML1M_MOVIES.replace("Heat (1995)", "Heat")
+    (raw / "movies.dat").write_text(movies, encoding="latin-1")
+    with caplog.at_level("WARNING", logger="ranking"):
+        write_movielens("movielens-1m", raw, tmp_path / "ds")
+    assert "column 'title': 1 rows are not a year (first: row 1, value 'Heat')" in caplog.text
+    items = pq.read_table(tmp_path / "ds" / "items.parquet").to_pydict()
+    assert dict(zip(items["item_id"], items["year"], strict=True)) == {10: 2, 20: 0, 30: 2}
+
+
 def test_missing_raw_file(tmp_path):
     raw = write_raw(tmp_path / "raw")
     (raw / "movies.dat").unlink()

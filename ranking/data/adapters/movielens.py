@@ -74,30 +74,28 @@ def leave_last_out(user: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.nda
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     counts = np.diff(np.r_[starts, len(u)])
     position = np.arange(len(u)) - np.repeat(starts, counts)
-    from_end = np.repeat(counts, counts) - position  # 1 = last
+    n = np.repeat(counts, counts)  # the row's user's rating count
+    from_end = n - position  # 1 = last
     split = np.zeros(len(u), np.int8)
-    split[(from_end == 2) & (np.repeat(counts, counts) >= 3)] = 1
-    split[(from_end == 1) & (np.repeat(counts, counts) >= 2)] = 2
+    split[(from_end == 2) & (n >= 3)] = 1
+    split[(from_end == 1) & (n >= 2)] = 2
     return order, position, split
 
 
-def histories(
-    items: np.ndarray, position: np.ndarray, hist_len: int, upto: bool = False
-) -> pa.Array:
-    """Each sorted row's previous ``hist_len`` items of its user, most recent last.
+def histories(items: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """The windows ``items[end - length : end]``, one list per (end, length).
 
     Args:
         items: int64 [R] item ids in (user, ts, line) order.
-        position: int64 [R] row index within the user's sequence.
-        upto: include the row's own item (the state after it).
+        ends: int64 [Q] exclusive end of each window (row i's previous items: i;
+            the state after row i: i + 1).
+        lengths: int64 [Q] window lengths (at most the rows of the same user
+            before ``end``, at most ``hist_len``).
     Returns:
-        list<int64> [R].
+        list<int64> [Q], most recent last.
     """
-    end = np.arange(len(items)) + (1 if upto else 0)
-    lengths = np.minimum(position + (1 if upto else 0), hist_len)
     offsets = np.r_[0, np.cumsum(lengths)]
-    starts = end - lengths
-    flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    flat = np.repeat(ends - lengths - offsets[:-1], lengths) + np.arange(offsets[-1])
     return pa.ListArray.from_arrays(
         pa.array(offsets, pa.int32()), pa.array(items[flat], pa.int64())
     )
@@ -130,31 +128,35 @@ def write_movielens(
     item_row = _index(raw.item_ids, raw.item, ratings_file, "item_id", items_file)
     order, position, split = leave_last_out(raw.user, raw.ts)
     items_sorted = raw.item[order]
-    u_rows, i_rows = user_row[order], item_row[order]
+    u_rows, i_rows = pa.array(user_row[order]), pa.array(item_row[order])
 
-    rated = np.unique(item_row)  # corpus: movies with a rating
-    genres = pa.array([raw.genres[i] for i in range(len(raw.item_ids))], INT_LIST)
-    user_cols = {
-        "user_id": pa.array(raw.user[order]),
-        "gender": pa.array(raw.users["gender"][u_rows]),
-        "age": pa.array(raw.users["age"][u_rows]),
-        "occupation": pa.array(raw.users["occupation"][u_rows]),
-        "zip": pa.array(raw.users["zip"][u_rows].tolist(), pa.string()),
-        "hist_items": histories(items_sorted, position, hist_len),
-    }
-    item_cols = {
-        "item_id": pa.array(items_sorted),
-        "genres": genres.take(pa.array(i_rows)),
-        "year": pa.array(raw.year[i_rows]),
-    }
-    rows = pa.table(
+    # one row per listed user / movie, taken by each rating's row
+    profiles = pa.table(
         {
-            **user_cols,
-            **item_cols,
-            "ts": pa.array(raw.ts[order]),
-            "click": pa.array(np.ones(len(order), np.int8)),
-            "rating": pa.array(raw.rating[order].astype(np.int8)),
+            "user_id": pa.array(raw.users["user_ids"]),
+            "gender": pa.array(raw.users["gender"]),
+            "age": pa.array(raw.users["age"]),
+            "occupation": pa.array(raw.users["occupation"]),
+            "zip": pa.array(raw.users["zip"].tolist(), pa.string()),
         }
+    )
+    movies = pa.table(
+        {
+            "item_id": pa.array(raw.item_ids),
+            "genres": pa.array(raw.genres, INT_LIST),
+            "year": pa.array(raw.year),
+        }
+    )
+    rows = pa.Table.from_arrays(
+        [
+            *profiles.take(u_rows).columns,
+            histories(items_sorted, np.arange(len(order)), np.minimum(position, hist_len)),
+            *movies.take(i_rows).columns,
+            pa.array(raw.ts[order]),
+            pa.array(np.ones(len(order), np.int8)),
+            pa.array(raw.rating[order].astype(np.int8)),
+        ],
+        names=[*profiles.column_names, "hist_items", *movies.column_names, "ts", "click", "rating"],
     )
     out.mkdir(parents=True, exist_ok=True)
     for code, name in enumerate(("train", "valid", "test")):
@@ -162,34 +164,14 @@ def write_movielens(
         if name == "train":
             idx = np.random.default_rng(seed).permutation(idx)
         _write(rows.take(pa.array(idx)), out / f"{name}.parquet")
-    _write(
-        pa.table(
-            {
-                "item_id": pa.array(raw.item_ids[rated]),
-                "genres": genres.take(pa.array(rated)),
-                "year": pa.array(raw.year[rated]),
-            }
-        ),
-        out / "items.parquet",
-    )
+    _write(movies.take(pa.array(np.unique(item_row))), out / "items.parquet")  # rated movies
     sorted_users = raw.user[order]
-    is_last = np.r_[sorted_users[1:] != sorted_users[:-1], True]  # state after the log
-    after = histories(items_sorted, position, hist_len, upto=True).filter(pa.array(is_last))
-    known = sorted_users[is_last]
-    k_rows = u_rows[is_last]
+    last = np.flatnonzero(np.r_[sorted_users[1:] != sorted_users[:-1], True])
+    after = histories(items_sorted, last + 1, np.minimum(position[last] + 1, hist_len))
     _write(
-        pa.table(
-            {
-                "user_id": pa.array(known),
-                "gender": pa.array(raw.users["gender"][k_rows]),
-                "age": pa.array(raw.users["age"][k_rows]),
-                "occupation": pa.array(raw.users["occupation"][k_rows]),
-                "zip": pa.array(raw.users["zip"][k_rows].tolist(), pa.string()),
-                "hist_items": after,
-            }
-        ),
+        profiles.take(u_rows.take(pa.array(last))).append_column("hist_items", after),
         out / "users.parquet",
-    )
+    )  # each user's state after the log
     doc = schema_dict(raw, hist_len)
     doc["movielens"]["source"] = str(raw_dir)
     doc["movielens"]["rows"] = {

@@ -163,32 +163,35 @@ def read_ml1m(root: Path) -> Raw:
         users["occupation"].append(o)
         users["zip"].append(zip_code)
     path = root / "movies.dat"
-    ids, titles, genres = [], [], []
+    ids, years, genres = [], [], []
+    unknown_years: list[tuple[int, str]] = []
     for row, (mid, title, genre) in _lines(path, "::", 3, "latin-1"):
         ids.append(_int(path, row, "movie_id", mid))
-        titles.append(title)
+        year = YEAR_IN_TITLE.search(title)  # "Toy Story (1995)"
+        years.append(int(year.group(1)) if year else 0)
+        if not year:
+            unknown_years.append((row, title))
         genres.append(genre.split("|") if genre else [])
-    years = [int(m.group(1)) if (m := YEAR_IN_TITLE.search(t)) else 0 for t in titles]
+    _warn_unknown_years(path, "title", unknown_years)
     return _assemble("movielens_1m", r, users, ids, years, genres, None)
 
 
-def _header(path: Path) -> list[str]:
+def _check_header(path: Path, want: list[str]) -> None:
+    """RecBole's typed header (``user_id:token\\t...``) must name ``want``."""
     with open(path, encoding="latin-1") as f:
-        return [c.split(":")[0] for c in f.readline().rstrip("\r\n").split("\t")]
+        got = [c.split(":")[0] for c in f.readline().rstrip("\r\n").split("\t")]
+    if got != want:
+        raise DataError(f"header is not {want}", path, value=got)
 
 
 def read_ml100k(root: Path) -> Raw:
     """MovieLens-100K in RecBole's atomic files ``ml-100k.inter/.user/.item`` (TSV,
     typed headers)."""
     path = root / "ml-100k.inter"
-    want = ["user_id", "item_id", "rating", "timestamp"]
-    if _header(path) != want:
-        raise DataError(f"header is not {want}", path, value=_header(path))
+    _check_header(path, ["user_id", "item_id", "rating", "timestamp"])
     r = _ratings(path, "\t", header=True)
     path = root / "ml-100k.user"
-    want = ["user_id", "age", "gender", "occupation", "zip_code"]
-    if _header(path) != want:
-        raise DataError(f"header is not {want}", path, value=_header(path))
+    _check_header(path, ["user_id", "age", "gender", "occupation", "zip_code"])
     rows = list(_lines(path, "\t", 5, "latin-1", skip_header=True))
     occ_names, occ_code = _codes([f[3] for _, f in rows])
     users: dict[str, list] = {"user_ids": [], "gender": [], "age": [], "occupation": [], "zip": []}
@@ -201,9 +204,7 @@ def read_ml100k(root: Path) -> Raw:
         users["occupation"].append(occ_code[occ])
         users["zip"].append(zip_code)
     path = root / "ml-100k.item"
-    want = ["item_id", "movie_title", "release_year", "class"]
-    if _header(path) != want:
-        raise DataError(f"header is not {want}", path, value=_header(path))
+    _check_header(path, ["item_id", "movie_title", "release_year", "class"])
     ids, years, genres = [], [], []
     unknown_years: list[tuple[int, str]] = []
     for row, (mid, _title, year, genre) in _lines(path, "\t", 4, "latin-1", skip_header=True):
@@ -216,15 +217,21 @@ def read_ml100k(root: Path) -> Raw:
             years.append(0)
             unknown_years.append((row, year))
         genres.append(genre.split(" ") if genre else [])
-    if unknown_years:
+    _warn_unknown_years(path, "release_year", unknown_years)
+    return _assemble("movielens_100k", r, users, ids, years, genres, occ_names)
+
+
+def _warn_unknown_years(path: Path, column: str, rows: list[tuple[int, str]]) -> None:
+    """Movies whose year cannot be read get year 0 (unknown): said, never guessed."""
+    if rows:
         log.warning(
-            "%s, column 'release_year': %d rows are not a year (first: row %d, value %r); "
+            "%s, column %r: %d rows are not a year (first: row %d, value %r); "
             "their year feature is 0 (unknown)",
             path,
-            len(unknown_years),
-            *unknown_years[0],
+            column,
+            len(rows),
+            *rows[0],
         )
-    return _assemble("movielens_100k", r, users, ids, years, genres, occ_names)
 
 
 def _assemble(name, r, users, ids, years, genres, occ_names) -> Raw:
