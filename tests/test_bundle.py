@@ -233,6 +233,72 @@ def test_recommend_with_fewer_available_items_than_asked(bundle):
     assert len(rec.recommend(users, top_n=5, at=150)[0]["items"]) == 5
 
 
+def _raw_histories(dataset) -> dict[int, set[int]]:
+    """user id -> the raw item ids of their ``hist_items`` in users.parquet (an
+    independent reading of what the bundle's snapshot encodes)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(dataset / "users.parquet", columns=["user_id", "hist_items"])
+    return {
+        int(u): set(h)
+        for u, h in zip(t["user_id"].to_pylist(), t["hist_items"].to_pylist(), strict=True)
+    }
+
+
+def test_recommend_exclude_seen_drops_the_users_history(bundle, tiny_dataset, capsys):
+    """``--exclude-seen``: no recommended item is in the user's history; the ranker
+    still sees the top ``retrieve_k`` unseen items by inner product (brute force)."""
+    from ranking.serving.recommend import Recommender, main
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["serving"]["seen"]["user_inputs"] == ["hist_items"]  # not hist_cats
+    rec = Recommender(bundle)
+    hist = _raw_histories(tiny_dataset)
+    users = [u for u in rec.user_sorted.tolist() if len(hist[u]) >= 3][:12]
+    empty = [u for u in rec.user_sorted.tolist() if not hist[u]][:2]
+    assert len(users) == 12 and len(empty) == 2
+    plain = rec.recommend(users, top_n=10)
+    assert any(set(line["items"]) & hist[line["user_id"]] for line in plain)  # something to drop
+    got = rec.recommend(users, top_n=10, exclude_seen=True)
+    for line in got:
+        assert len(line["items"]) == 10 and not set(line["items"]) & hist[line["user_id"]]
+    # the candidates: the exact top k of the unseen items
+    emb = np.load(bundle / "item_embeddings.npy")
+    rows = torch.from_numpy(rec.user_rows(users))
+    inputs = {k: v[rows] for k, v in rec.users.items()}
+    with torch.no_grad():
+        query = rec.user_tower(inputs).numpy()
+    seen = rec.seen(inputs)
+    for u, s in zip(users, seen, strict=True):
+        assert set(rec.item_ids[s].tolist()) == hist[u] & set(rec.item_ids.tolist())
+    k = rec.retrieve_k
+    cand = rec._candidates(query, k, None, seen)
+    scores = query @ emb.T
+    for u in range(len(users)):
+        scores[u, seen[u]] = -np.inf
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(np.sort(cand, axis=1), np.sort(want, axis=1))
+    # a user without history gets the same list either way
+    assert rec.recommend(empty, 10, exclude_seen=True) == rec.recommend(empty, 10)
+    assert main(["--bundle", str(bundle), "--users", str(users[0]), "--exclude-seen"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line == got[0]
+
+
+def test_recommend_exclude_seen_on_a_bundle_without_the_entry(bundle, capsys, monkeypatch):
+    from ranking.serving import recommend
+
+    load = recommend.Recommender.__init__
+
+    def older(self, root):
+        load(self, root)
+        self.seen_spec = None
+
+    monkeypatch.setattr(recommend.Recommender, "__init__", older)
+    assert recommend.main(["--bundle", str(bundle), "--users", "0", "--exclude-seen"]) == 2
+    assert "no serving.seen entry" in capsys.readouterr().err
+
+
 def test_retrieval_only_bundle_serves_the_exact_top_n(tiny_trained, tiny_dataset, tmp_path):
     """A run without the ranking stage (a log of positives only) exports the towers,
     the index and the snapshots; ``ranking-recommend`` serves the top N by inner
@@ -268,6 +334,19 @@ def test_retrieval_only_bundle_serves_the_exact_top_n(tiny_trained, tiny_dataset
         top = np.argsort(-scores, kind="stable")[:5]
         assert line["items"] == ids[top].tolist()
         np.testing.assert_allclose(line["scores"], scores[top], atol=1e-5)
+    # without the seen items: the exact top 5 of the rest
+    hist = _raw_histories(tiny_dataset)
+    busy = [u for u in snap_ids.tolist() if len(hist[u]) >= 5][:6]
+    dropped = 0
+    for line in rec.recommend(busy, top_n=5, exclude_seen=True):
+        row = int(np.flatnonzero(snap_ids == line["user_id"])[0])
+        with torch.no_grad():
+            q = tower({k: v[row : row + 1] for k, v in snap.items()}).numpy()[0]
+        scores = np.where(np.isin(ids, list(hist[line["user_id"]])), -np.inf, emb @ q)
+        top = np.argsort(-scores, kind="stable")[:5]
+        assert line["items"] == ids[top].tolist()
+        dropped += len(set(ids[np.argsort(-(emb @ q), kind="stable")[:5]]) & hist[line["user_id"]])
+    assert dropped > 0  # the exclusion changed some list
     # with a request time: only the items available then
     windows = np.load(out / "item_availability.npz")
     at = int(np.median(windows["start"][windows["start"] > windows["start"].min()]))

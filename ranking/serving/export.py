@@ -240,6 +240,21 @@ def _sample_queries(
         return user_pred(inputs).float().numpy()
 
 
+def seen_entry(schema: Schema) -> dict[str, Any]:
+    """What ``ranking-recommend --exclude-seen`` drops: the items in the user
+    snapshot's behaviour sequences that hold item ids (the user-side lists looked
+    up in the item id's table). Item ids are vocabulary ids (never hashed), so a
+    list entry equals the item input's value of exactly one corpus item."""
+    table = schema.feature(schema.item_id).table
+    lists = [f.name for f in schema.sparse(Side.USER) if f.is_list and f.table == table]
+    return {
+        "item_input": schema.item_id,
+        "user_inputs": lists,
+        "rule": "corpus row i is seen by a user when item_features.npz[item_input][i] is "
+        "in one of the user's user_inputs in user_snapshot.npz (-1 pads)",
+    }
+
+
 def _availability_entry(schema: Schema) -> dict[str, Any]:
     return {
         "file": AVAILABILITY_FILE,
@@ -349,6 +364,7 @@ def build_manifest(
             "rank_by": rank_by,
             "order": "ranker" if tasks is not None else "retrieval_score",
             "context_defaults": context_defaults,
+            "seen": seen_entry(schema),
         },
         "features": features,
     }

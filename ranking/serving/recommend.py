@@ -14,9 +14,16 @@ every item is a candidate. When an approximate index (IVF, HNSW) returns fewer
 than the ``retrieve_k`` candidates asked for, exact search over the servable
 items completes the list.
 
+With ``--exclude-seen`` the items in the user's behaviour sequences of item ids
+(the manifest's ``serving.seen``: in the snapshot, e.g. the last ``max_len``
+clicked items of ``hist_items``) are never candidates: the index is asked for
+``retrieve_k`` plus the most seen items of any user in the request and the seen
+ones are dropped, so each user still gets the top ``retrieve_k`` unseen items.
+
 Example::
 
     ranking-recommend --bundle runs/quickstart/bundle --users 0 1 2 --top-n 10 --at 1704844800
+    ranking-recommend --bundle runs/movielens-1m/bundle --users 1 2 --exclude-seen
     {"user_id": 0, "items": [812, 33, ...], "scores": [0.21, 0.19, ...]}
 """
 
@@ -69,6 +76,8 @@ class Recommender:
         ids = self.users.pop("user_ids").numpy()
         self.user_order = np.argsort(ids, kind="stable")
         self.user_sorted = ids[self.user_order]
+        #: manifest ``serving.seen`` (None in bundles exported before it existed)
+        self.seen_spec: dict | None = serving.get("seen")
         #: the exported item embeddings [N, D], memory-mapped on the first exact search
         self._embeddings: np.ndarray | None = None
 
@@ -80,6 +89,27 @@ class Recommender:
         if unknown.size:
             raise KeyError(f"user id {int(unknown[0])} is not in the bundle's user snapshot")
         return self.user_order[pos]
+
+    def seen(self, user_inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        """Per user of ``user_inputs`` (snapshot rows), the corpus rows of the items
+        in their behaviour sequences of item ids (``serving.seen``), each once."""
+        if self.seen_spec is None:
+            raise BundleError(
+                f"{self.root}: the manifest has no serving.seen entry (exported by an older "
+                "version); export the run again to use --exclude-seen"
+            )
+        item_values = self.items[self.seen_spec["item_input"]].numpy()
+        to_row = np.full(int(item_values.max()) + 2, -1, dtype=np.int64)  # last: no item
+        to_row[item_values] = np.arange(len(item_values))
+        names = self.seen_spec["user_inputs"]
+        if not names:
+            return [
+                np.empty(0, dtype=np.int64) for _ in range(len(next(iter(user_inputs.values()))))
+            ]
+        lists = np.concatenate([user_inputs[n].numpy() for n in names], axis=1)  # [U, L], -1 pads
+        lists = np.where((lists >= 0) & (lists < len(to_row)), lists, len(to_row) - 1)
+        rows = to_row[lists]
+        return [np.unique(r[r >= 0]) for r in rows]
 
     def available(self, at: int | None) -> np.ndarray | None:
         """bool [N] corpus rows servable at time ``at`` (None: no restriction)."""
@@ -99,6 +129,23 @@ class Recommender:
             cand[short] = self._exact_search(query[short], k, servable)
         return cand
 
+    def _candidates(
+        self, query: np.ndarray, k: int, servable: np.ndarray | None, seen: list[np.ndarray] | None
+    ) -> np.ndarray:
+        """[U, k] corpus rows of the top k servable rows, without each user's ``seen``
+        rows when given (-1 pads where fewer remain). Over-fetches by the largest
+        seen list so that dropping never leaves a user short of what exists."""
+        if seen is None:
+            return self._search(query, k, servable)
+        total = self.index.ntotal if servable is None else int(servable.sum())
+        extra = max((len(s) for s in seen), default=0)
+        cand = self._search(query, min(k + extra, total), servable)
+        out = np.full((len(cand), k), -1, dtype=np.int64)
+        for u, (row, drop) in enumerate(zip(cand, seen, strict=True)):
+            keep = row[(row >= 0) & ~np.isin(row, drop)][:k]
+            out[u, : len(keep)] = keep
+        return out
+
     def embeddings(self) -> np.ndarray:
         """The exported item embeddings [N, D] (memory-mapped once)."""
         if self._embeddings is None:
@@ -117,21 +164,29 @@ class Recommender:
         return out
 
     @torch.no_grad()
-    def recommend(self, user_ids: list[int], top_n: int = 10, at: int | None = None) -> list[dict]:
-        """Top ``top_n`` items per user; with ``at``, only items available at that time
-        (fewer than ``top_n`` only when fewer are available)."""
+    def recommend(
+        self,
+        user_ids: list[int],
+        top_n: int = 10,
+        at: int | None = None,
+        exclude_seen: bool = False,
+    ) -> list[dict]:
+        """Top ``top_n`` items per user; with ``at``, only items available at that time;
+        with ``exclude_seen``, none of the user's seen items (see :meth:`seen`). Fewer
+        than ``top_n`` only when fewer items are left."""
         rows = torch.from_numpy(self.user_rows(user_ids))
         user_inputs = {k: v[rows] for k, v in self.users.items()}
         query = self.user_tower(user_inputs).float().contiguous().numpy()
         servable = self.available(at)
+        seen = self.seen(user_inputs) if exclude_seen else None
         total = self.index.ntotal if servable is None else int(servable.sum())
         k = min(self.retrieve_k, total)
         n_users = len(user_ids)
         if k == 0:
             return [{"user_id": int(u), "items": [], "scores": []} for u in user_ids]
         if self.ranker is None:  # retrieval-only bundle: the top N by inner product
-            return self._by_retrieval_score(user_ids, query, min(top_n, k), servable)
-        cand = self._search(query, k, servable)  # [U, K] corpus rows (-1: none found)
+            return self._by_retrieval_score(user_ids, query, min(top_n, k), servable, seen)
+        cand = self._candidates(query, k, servable, seen)  # [U, K] corpus rows (-1: none)
         found = torch.from_numpy(cand >= 0)
         cand = np.where(cand >= 0, cand, 0)
         flat = torch.from_numpy(cand.reshape(-1))
@@ -164,11 +219,16 @@ class Recommender:
         return out
 
     def _by_retrieval_score(
-        self, user_ids: list[int], query: np.ndarray, n: int, servable: np.ndarray | None
+        self,
+        user_ids: list[int],
+        query: np.ndarray,
+        n: int,
+        servable: np.ndarray | None,
+        seen: list[np.ndarray] | None,
     ) -> list[dict]:
         """Top ``n`` corpus items per user by the towers' inner product (the index's
         own order; the scores recomputed from the exported embeddings)."""
-        cand = self._search(query, n, servable)
+        cand = self._candidates(query, n, servable, seen)
         emb = self.embeddings()
         out = []
         for u, rows in enumerate(cand):
@@ -217,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         help="request time (dataset time units): serve only the items available then "
         "(a bundle without availability windows serves every item)",
     )
+    parser.add_argument(
+        "--exclude-seen",
+        action="store_true",
+        help="never recommend an item of the user's behaviour sequences of item ids "
+        "(the snapshot's history, manifest serving.seen)",
+    )
     args = parser.parse_args(argv)
     try:
         rec = Recommender(args.bundle)
@@ -226,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 "every item is served",
                 file=sys.stderr,
             )
-        results = rec.recommend(args.users, args.top_n, at=args.at)
+        results = rec.recommend(args.users, args.top_n, at=args.at, exclude_seen=args.exclude_seen)
     except (BundleError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
