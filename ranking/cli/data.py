@@ -12,6 +12,7 @@ from ranking.cli import CONFIG_PATH
 from ranking.data.errors import main_guard
 
 MOVIELENS = ("movielens-1m", "movielens-100k")
+SOURCES = ("synthetic", *MOVIELENS, "ali-ccp")
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="make_data", version_base="1.3")
@@ -29,14 +30,20 @@ def main(cfg: DictConfig) -> None:
     elif cfg.source in MOVIELENS:
         from ranking.data.adapters.movielens import write_movielens
 
-        if cfg.raw is None:
-            raise SystemExit(f"error: source={cfg.source} needs raw=DIR (the folder of its files)")
-        schema = write_movielens(cfg.source, cfg.raw, out, hist_len=cfg.hist_len)
+        schema = write_movielens(cfg.source, _raw(cfg), out, hist_len=cfg.hist_len)
+    elif cfg.source == "ali-ccp":
+        from ranking.data.adapters.ali_ccp import write_ali_ccp
+
+        schema = write_ali_ccp(_raw(cfg), out)
     else:
-        raise SystemExit(
-            f"error: unknown source {cfg.source!r} (available: synthetic, {', '.join(MOVIELENS)})"
-        )
+        raise SystemExit(f"error: unknown source {cfg.source!r} (available: {', '.join(SOURCES)})")
     print(f"dataset {schema.name!r} written to {out}")
+
+
+def _raw(cfg: DictConfig) -> str:
+    if cfg.raw is None:
+        raise SystemExit(f"error: source={cfg.source} needs raw=DIR (the folder of its files)")
+    return str(cfg.raw)
 
 
 if __name__ == "__main__":

@@ -2,5 +2,7 @@
 
 - :mod:`ranking.data.adapters.movielens` (reading: :mod:`~ranking.data.adapters.movielens_raw`):
   MovieLens-1M and MovieLens-100K,
-  split by the published leave-last-out retrieval protocol.
+  split by the published leave-last-out retrieval protocol;
+- :mod:`ranking.data.adapters.ali_ccp`: Ali-CCP in torch-rechub's processed CSV
+  layout, for the multi-task ranker (click, purchase), published split kept.
 """
