@@ -12,7 +12,7 @@ from ranking.cli import CONFIG_PATH
 from ranking.data.errors import main_guard
 
 MOVIELENS = ("movielens-1m", "movielens-100k")
-SOURCES = ("synthetic", *MOVIELENS, "ali-ccp")
+SOURCES = ("synthetic", *MOVIELENS, "ali-ccp", "open-bandit")
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="make_data", version_base="1.3")
@@ -35,6 +35,12 @@ def main(cfg: DictConfig) -> None:
         from ranking.data.adapters.ali_ccp import write_ali_ccp
 
         schema = write_ali_ccp(_raw(cfg), out)
+    elif cfg.source == "open-bandit":
+        from ranking.data.adapters.open_bandit import write_open_bandit
+
+        schema = write_open_bandit(
+            _raw(cfg), out, campaign=cfg.campaign, policies=tuple(cfg.policies)
+        )
     else:
         raise SystemExit(f"error: unknown source {cfg.source!r} (available: {', '.join(SOURCES)})")
     print(f"dataset {schema.name!r} written to {out}")
