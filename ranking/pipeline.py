@@ -156,7 +156,9 @@ def build_ranking(cfg: DictConfig, schema: Schema) -> RankingModule:
     model = _build(cfg.ranking.model, schema)
     task = instantiate(cfg.ranking.task, _convert_="all")
     optimizer, schedule = _optimisation(cfg.ranking.optimizer)
-    return RankingModule(model, task, optimizer, schedule=schedule)
+    evaluation = cfg.ranking.get("eval")  # absent from runs trained before slices existed
+    evaluation = OmegaConf.to_container(evaluation, resolve=True) if evaluation else {}
+    return RankingModule(model, task, optimizer, schedule=schedule, **evaluation)
 
 
 def _optimisation(opt: DictConfig) -> tuple[Any, dict[str, Any] | None]:
@@ -270,9 +272,14 @@ def train_stage(
         trainer.test(module, datamodule=dm, verbose=False)
         ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
         trainer.save_checkpoint(ckpt)
-        metrics = {k: v for k, v in module.last_metrics.items() if k.startswith(("test/", "test_"))}
+        metrics = test_metrics(module.last_metrics)
         tracker.log_metrics(metrics)
     return module, metrics
+
+
+def test_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The test stage's metrics and those of its slices (``test/...``, ``test_<slice>/...``)."""
+    return {k: v for k, v in metrics.items() if k.startswith(("test/", "test_"))}
 
 
 def load_stage(stage: str, cfg: DictConfig, schema: Schema, run_dir: Path) -> pl.LightningModule:

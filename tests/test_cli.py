@@ -114,6 +114,12 @@ def test_eval_reproduces_the_run_metrics(trained_run):
     other = json.loads((run / "eval_metrics.json").read_text())
     assert "test/auc/click" not in other
     assert other["test/recall@100"] != pytest.approx(first["test/recall@100"], abs=1e-4)
+    # both evaluations side by side
+    history = [json.loads(x) for x in (run / "eval_history.jsonl").read_text().splitlines()]
+    assert [h["stages"] for h in history] == [["retrieval", "ranking"], ["retrieval"]]
+    assert history[0]["overrides"] == {}
+    assert history[1]["overrides"] == {"retrieval": {"eval": {"exclude_train": True}}}
+    assert history[0]["metrics"] == again and history[1]["metrics"] == other
 
 
 @pytest.mark.slow

@@ -181,7 +181,7 @@ def test_a_slice_column_missing_from_some_test_files_is_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ranking.lit.retrieval import _has_column
+    from ranking.lit.slices import split_has_column
 
     paths = [tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"]
     pq.write_table(pa.table({"x": [1], "policy": [0]}), paths[0])
@@ -189,9 +189,9 @@ def test_a_slice_column_missing_from_some_test_files_is_refused(tmp_path):
     pq.write_table(pa.table({"x": [1], "policy": [1]}), paths[2])
     schema = SimpleNamespace(split_paths=lambda split: paths)
     with pytest.raises(ValueError, match=f"{paths[1]}: no column 'policy'"):
-        _has_column(schema, "test", "policy")
-    assert _has_column(schema, "test", "x")
-    assert not _has_column(schema, "test", "device")
+        split_has_column(schema, "test", "policy")
+    assert split_has_column(schema, "test", "x")
+    assert not split_has_column(schema, "test", "device")
 
 
 @pytest.mark.parametrize(

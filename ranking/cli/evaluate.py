@@ -1,8 +1,15 @@
-"""``ranking-eval``: test metrics of a finished run's checkpoints."""
+"""``ranking-eval``: test metrics of a finished run's checkpoints.
+
+Writes ``<run>/eval_metrics.json`` (this evaluation's metrics) and appends one
+line to ``<run>/eval_history.jsonl`` per evaluation: its time, stages, dataset,
+config overrides and metrics, so evaluations under several protocols stay
+side by side.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import hydra
@@ -11,7 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from ranking.cli import CONFIG_PATH
 from ranking.cli.runs import run_config
 from ranking.data.errors import main_guard
-from ranking.pipeline import load_stage, make_trainer, stage_datamodule, write_metrics
+from ranking.pipeline import (
+    load_stage,
+    make_trainer,
+    stage_datamodule,
+    test_metrics,
+    write_metrics,
+)
 
 #: conf/evaluate.yaml's own keys; any other (``+retrieval.eval.exclude_train=true``)
 #: overrides the run's config.
@@ -32,14 +45,17 @@ def main(cfg: DictConfig) -> None:
         module = load_stage(stage, run_cfg, dm.schema, run_dir)
         trainer = make_trainer(run_cfg, 1, None, run_dir)
         trainer.test(module, datamodule=dm, verbose=False)
-        metrics.update(
-            {
-                k: v
-                for k, v in module.last_metrics.items()
-                if k.startswith(("test/", "test_random/"))
-            }
-        )
+        metrics.update(test_metrics(module.last_metrics))
     write_metrics(run_dir / "eval_metrics.json", metrics)
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stages": list(stages),
+        "data_path": str(run_cfg.data.path),
+        "overrides": OmegaConf.to_container(OmegaConf.create(changed), resolve=True),
+        "metrics": dict(sorted(metrics.items())),
+    }
+    with open(run_dir / "eval_history.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 

@@ -9,6 +9,7 @@ import torch
 
 from ranking.data.batch import Batch
 from ranking.lit.fused_tables import FusedTables
+from ranking.lit.slices import present_slices
 from ranking.metrics.ranking import RankingMetrics
 from ranking.models.dlrm import DLRM
 from ranking.tasks.ranking import RankingTask
@@ -32,6 +33,10 @@ class RankingModule(FusedTables):
         optimizer: factory of the dense optimiser, called with the dense parameters.
         schedule: :class:`WarmupSchedule` fields except ``total_steps`` (taken from
             the trainer), or None for constant learning rates.
+        slices: stage name -> ``{"column": ..., "value": ...}``: test rows where the
+            column equals the value, evaluated again as ``<stage>/...`` (e.g.
+            ``test_random/auc/click`` on the random-exposure rows; skipped with a
+            log line when the test files have no such column).
     """
 
     def __init__(
@@ -40,11 +45,13 @@ class RankingModule(FusedTables):
         task: RankingTask,
         optimizer: Callable[..., torch.optim.Optimizer],
         schedule: dict[str, Any] | None = None,
+        slices: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.init_optimisation(optimizer, schedule)
+        self.slices = dict(slices or {})
         self.metrics: RankingMetrics | None = None
         self.last_metrics: dict[str, float] = {}
 
@@ -89,3 +96,12 @@ class RankingModule(FusedTables):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
+        dm = self.trainer.datamodule
+        for stage, column, value in present_slices(dm.schema, "test", self.slices, "ranking"):
+            self.metrics = RankingMetrics(self.task.tasks)
+            with torch.no_grad():
+                for batch in dm.slice_dataloader("test", column, value):
+                    batch = batch.to(self.device)
+                    probs = self.task.probabilities(self.model(batch))
+                    self.metrics.update(probs, batch.labels, batch.oracle, batch.user_ids)
+            self._eval_end(stage)

@@ -15,9 +15,9 @@ from pytorch_lightning.loggers import MLFlowLogger
 from ranking.data.availability import ItemWindows, read_windows
 from ranking.data.batch import Batch
 from ranking.data.corpus_sampler import CorpusSampler
-from ranking.data.files import file_columns
 from ranking.data.retrieval_stats import ItemCounts, item_counts
 from ranking.lit.fused_tables import FusedTables
+from ranking.lit.slices import present_slices
 from ranking.metrics.decile_plot import log_decile_figure
 from ranking.metrics.retrieval import FullCorpusEvaluator, Reference, RetrievalReport
 from ranking.models.two_tower import TwoTower
@@ -289,15 +289,7 @@ class RetrievalModule(FusedTables):
         dm = self.trainer.datamodule
         reference = self._reference(dm)
         self._report("test", self._evaluate(self.evaluator, items, ids, reference))
-        for stage, spec in self.slices.items():
-            column, value = str(spec["column"]), float(spec["value"])
-            if not _has_column(dm.schema, "test", column):
-                log.warning(
-                    "retrieval: no test file has a column %r; the slice %s is skipped",
-                    column,
-                    stage,
-                )
-                continue
+        for stage, column, value in present_slices(dm.schema, "test", self.slices, "retrieval"):
             evaluator = self.evaluator.sharing_queries()
             for batch in dm.slice_dataloader("test", column, value):
                 keep = self.task.positives(batch.labels)
@@ -308,7 +300,7 @@ class RetrievalModule(FusedTables):
                     "its metrics are not reported",
                     stage,
                     column,
-                    spec["value"],
+                    value,
                 )
                 continue
             exposure = None
@@ -325,16 +317,3 @@ class RetrievalModule(FusedTables):
 
             self._world_reference = world_reference(dm.schema.root)
         return self._world_reference
-
-
-def _has_column(schema: Any, split: str, column: str) -> bool:
-    """Whether the split's files hold ``column``: True if all do, False if none
-    does; a split where only some do is refused, naming the first file without it."""
-    paths = schema.split_paths(split)
-    held = [column in file_columns(p) for p in paths]
-    if any(held) and not all(held):
-        raise ValueError(
-            f"{paths[held.index(False)]}: no column {column!r}, which other "
-            f"{split} files hold (the slice on it needs every file)"
-        )
-    return bool(paths) and all(held)
