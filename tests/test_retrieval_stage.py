@@ -260,3 +260,42 @@ def test_negative_downsampling_keeps_every_click_and_a_fixed_share(tiny_dataset)
     assert np.array_equal(np.sort(keys), np.sort(again))  # the same sample every time
     everything, _ = rows(1.0)
     assert len(everything) == table.num_rows
+
+
+@pytest.mark.parametrize("train, valid", [(True, True), (False, True), (True, False)])
+def test_excluded_pairs_at_valid_and_test(tiny_dataset, train, valid):
+    """``exclude_train`` leaves the train clicks out of both evaluations;
+    ``exclude_valid`` the valid clicks out of test too (the pairs read here from
+    the files)."""
+    from types import SimpleNamespace
+
+    from ranking.pipeline import build_retrieval
+
+    cfg = compose_train(
+        [
+            *tiny_overrides(tiny_dataset),
+            f"retrieval.eval.exclude_train={str(train).lower()}",
+            f"retrieval.eval.exclude_valid={str(valid).lower()}",
+        ]
+    )
+    dm = RecDataModule(tiny_dataset, validate=False)
+    dm.setup()
+    module = build_retrieval(cfg, dm.schema)
+    module._trainer = SimpleNamespace(datamodule=dm)
+    module.setup("test")
+
+    def clicked(split: str) -> set[tuple[int, int]]:
+        t = pads.dataset(tiny_dataset / split).to_table(columns=["user_id", "item_id", "click"])
+        keep = t["click"].to_numpy() == 1
+        users, items = t["user_id"].to_numpy()[keep], t["item_id"].to_numpy()[keep]
+        return set(zip(users.tolist(), items.tolist(), strict=True))
+
+    def got(split: str) -> set[tuple[int, int]]:
+        pairs = module._excluded(split)
+        return set() if pairs is None else {tuple(p) for p in pairs.tolist()}
+
+    want_valid = clicked("train") if train else set()
+    want_test = want_valid | (clicked("valid") if valid else set())
+    assert got("valid") == want_valid
+    assert got("test") == want_test
+    assert len(clicked("valid") - clicked("train")) > 0  # valid adds pairs of its own

@@ -64,6 +64,9 @@ class RetrievalModule(FusedTables):
         ks: cut-offs of recall/ndcg/hit.
         exclude_train: drop each user's train positives from their ranking and
             from their evaluated positives (the oracle ranks without them too).
+        exclude_valid: at test, drop each user's valid positives the same way
+            (with ``exclude_train``: every positive before the test period, the
+            "already-interacted items removed" reading of leave-one-out protocols).
         availability: when the schema declares availability windows, rank only
             the items available during the evaluated split's period (False: the
             whole corpus, ended and unreleased items included).
@@ -86,6 +89,7 @@ class RetrievalModule(FusedTables):
         num_users: int,
         ks: tuple[int, ...] = (10, 50, 100),
         exclude_train: bool = False,
+        exclude_valid: bool = False,
         availability: bool = True,
         tail_share: float = 0.8,
         long_tail_k: int = 100,
@@ -102,6 +106,9 @@ class RetrievalModule(FusedTables):
         self.num_users = num_users
         self.ks = tuple(ks)
         self.exclude_train = exclude_train
+        self.exclude_valid = exclude_valid
+        #: the distinct positive (user, item) pairs excluded at test (train and/or valid)
+        self._test_exclude: np.ndarray | None = None
         self.availability = availability
         self.tail_share = tail_share
         self.long_tail_k = long_tail_k
@@ -226,6 +233,7 @@ class RetrievalModule(FusedTables):
         ids: torch.Tensor,
         reference: Reference | None = None,
         exposure: np.ndarray | None = None,
+        split: str = "test",
     ) -> RetrievalReport:
         counts = self.counts
         return evaluator.compute(
@@ -233,13 +241,25 @@ class RetrievalModule(FusedTables):
             ids,
             self.ks,
             exposures=None if counts is None else counts.exposures,
-            exclude=counts.pairs if counts is not None and self.exclude_train else None,
+            exclude=self._excluded(split),
             reference=reference,
             tail_share=self.tail_share,
             long_tail_k=self.long_tail_k,
             exposure=exposure,
             windows=self.windows if self.availability else None,
         )
+
+    def _excluded(self, split: str) -> np.ndarray | None:
+        """int64 [P, 2] sorted (user, item) pairs left out of ``split``'s evaluation."""
+        train = self.counts.pairs if self.counts is not None and self.exclude_train else None
+        if split != "test" or not self.exclude_valid:
+            return train
+        if self._test_exclude is None:
+            dm = self._datamodule()
+            valid = item_counts(dm.schema, self.task.positive_label, "valid", with_pairs=True)
+            both = valid.pairs if train is None else np.concatenate([train, valid.pairs])
+            self._test_exclude = np.unique(both, axis=0)
+        return self._test_exclude
 
     def _report(self, stage: str, report: RetrievalReport) -> None:
         logged = {f"{stage}/{k}": v for k, v in report.metrics.items()}
@@ -266,7 +286,7 @@ class RetrievalModule(FusedTables):
     def _eval_end(self, stage: str) -> None:
         items, ids = self.corpus_embeddings()
         reference = self._reference(self.trainer.datamodule) if self.oracle_valid else None
-        self._report(stage, self._evaluate(self.evaluator, items, ids, reference))
+        self._report(stage, self._evaluate(self.evaluator, items, ids, reference, split=stage))
         self.evaluator = None
 
     def on_validation_epoch_start(self) -> None:
