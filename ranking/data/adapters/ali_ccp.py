@@ -38,7 +38,6 @@ unexpected column.
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
+from ranking.data.adapters.raw_csv import (
+    DATASET_FILES,
+    check_no_empty,
+    checked_header,
+    name_bad_field,
+)
 from ranking.data.errors import DataError
 from ranking.schema import Schema
 
@@ -182,14 +187,7 @@ class FirstValues:
 
 def _read_batches(path: Path, block_size: int):
     """(first line, table) per block of ``path``; the header must be ``RAW_COLUMNS``."""
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
-    missing = [c for c in RAW_COLUMNS if c not in header]
-    if missing:
-        raise DataError("missing from the header", path, missing[0])
-    extra = [c for c in header if c not in RAW_COLUMNS]
-    if extra:
-        raise DataError("not a column of the Ali-CCP layout", path, extra[0])
+    header = checked_header(path, RAW_COLUMNS, "Ali-CCP")
     line = 0
     try:  # opening parses the first block already
         reader = pacsv.open_csv(
@@ -201,34 +199,13 @@ def _read_batches(path: Path, block_size: int):
             yield line, pa.Table.from_batches([batch])
             line += batch.num_rows
     except pa.ArrowInvalid as e:
-        _scan(path, header)
+        name_bad_field(path, header, TYPES)
         raise DataError(f"could not be parsed: {e}", path) from None
-
-
-def _scan(path: Path, header: list[str]) -> None:
-    """Name the first line pyarrow could not parse (slow; only after a failure)."""
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
-        next(rows)
-        for line, fields in enumerate(rows):
-            if len(fields) != len(header):
-                raise DataError(
-                    f"expected {len(header)} fields, found {len(fields)}", path, row=line
-                )
-            for name, text in zip(header, fields, strict=True):
-                try:
-                    int(text) if TYPES[name] == pa.int64() else float(text)
-                except ValueError:
-                    kind = "an integer" if TYPES[name] == pa.int64() else "a number"
-                    raise DataError(f"not {kind}", path, name, line, text) from None
 
 
 def _columns(path: Path, line0: int, t: pa.Table) -> dict[str, np.ndarray]:
     """The block's columns as numpy arrays, each value checked."""
-    for c in RAW_COLUMNS:
-        if t.column(c).null_count:
-            i = int(np.flatnonzero(t.column(c).is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError("empty field", path, c, line0 + i)
+    check_no_empty(path, t, RAW_COLUMNS, line0)
     cols = {c: t.column(c).to_numpy() for c in RAW_COLUMNS}
 
     def fail(problem: str, column: str, bad: np.ndarray, values: np.ndarray | None = None):
@@ -335,13 +312,7 @@ def schema_dict(vocab: dict[str, int]) -> dict[str, Any]:
         "ids": {"user": "user_id", "item": "item_id"},
         "time": "ts",
         "labels": list(LABELS),
-        "files": {
-            "train": "train.parquet",
-            "valid": "valid.parquet",
-            "test": "test.parquet",
-            "items": "items.parquet",
-            "users": "users.parquet",
-        },
+        "files": dict(DATASET_FILES),
         "features": features,
         # Not read by ranking.schema; documents the adapter's mapping.
         "ali_ccp": {

@@ -52,6 +52,7 @@ from ranking.data.adapters.movielens_raw import (
     READERS,
     Raw,
 )
+from ranking.data.adapters.raw_csv import DATASET_FILES
 from ranking.data.errors import DataError
 from ranking.schema import Schema
 
@@ -212,13 +213,7 @@ def schema_dict(raw: Raw, hist_len: int) -> dict[str, Any]:
         "time": "ts",
         "labels": ["click"],
         "ignore": ["rating"],
-        "files": {
-            "train": "train.parquet",
-            "valid": "valid.parquet",
-            "test": "test.parquet",
-            "items": "items.parquet",
-            "users": "users.parquet",
-        },
+        "files": dict(DATASET_FILES),
         "features": {
             "user_id": cat(user, raw.users["user_ids"].max() + 1, 32),
             "gender": cat(user, len(GENDERS), 4),

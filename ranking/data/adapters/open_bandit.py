@@ -43,7 +43,6 @@ the header not counted).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
+from ranking.data.adapters.raw_csv import (
+    DATASET_FILES,
+    check_no_empty,
+    checked_header,
+    name_bad_field,
+)
 from ranking.data.errors import DataError
 from ranking.schema import Schema
 
@@ -68,17 +73,7 @@ DAY_US = 86_400 * 10**6
 def _read(path: Path, types: dict[str, pa.DataType], header: list[str]) -> pa.Table:
     """``path`` with ``header`` (the unnamed index column aside) typed by ``types``;
     a missing or unexpected column, an unparsable or empty field is an error."""
-    if not path.is_file():
-        raise DataError("missing", path)
-    with open(path, newline="") as f:
-        got = next(csv.reader(f), [])
-    names = [c for c in got if c != ""]
-    for c in header:
-        if c not in names:
-            raise DataError("missing from the header", path, c)
-    for c in names:
-        if c not in header:
-            raise DataError("not a column of the Open Bandit layout", path, c)
+    got = checked_header(path, header, "Open Bandit", skip=("",))
     try:
         t = pacsv.read_csv(
             path,
@@ -90,39 +85,10 @@ def _read(path: Path, types: dict[str, pa.DataType], header: list[str]) -> pa.Ta
             ),
         )
     except pa.ArrowInvalid as e:
-        _scan(path, got, types)
+        name_bad_field(path, got, types)
         raise DataError(f"could not be parsed: {e}", path) from None
-    for c in header:
-        if t.column(c).null_count:
-            i = int(np.flatnonzero(t.column(c).is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError("empty field", path, c, i)
+    check_no_empty(path, t, header)
     return t
-
-
-def _scan(path: Path, header: list[str], types: dict[str, pa.DataType]) -> None:
-    """Name the first field pyarrow could not parse (only after a failure)."""
-    parse = {pa.int64(): (int, "an integer"), pa.float64(): (float, "a number")}
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
-        next(rows)
-        for line, fields in enumerate(rows):
-            if len(fields) != len(header):
-                raise DataError(
-                    f"expected {len(header)} fields, found {len(fields)}", path, row=line
-                )
-            for name, text in zip(header, fields, strict=True):
-                kind = types.get(name)
-                if kind in parse:
-                    convert, what = parse[kind]
-                    try:
-                        convert(text)
-                    except ValueError:
-                        raise DataError(f"not {what}", path, name, line, text) from None
-                elif kind is not None and text:
-                    try:
-                        pc.cast(pa.array([text]), kind)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                        raise DataError("not a timestamp", path, name, line, text) from None
 
 
 def _fail(problem: str, path: Path, column: str, bad: np.ndarray, values: np.ndarray) -> None:
@@ -363,13 +329,7 @@ def schema_dict(
         "time": "ts",
         "labels": ["click"],
         "ignore": ["policy", "propensity"],
-        "files": {
-            "train": "train.parquet",
-            "valid": "valid.parquet",
-            "test": "test.parquet",
-            "items": "items.parquet",
-            "users": "users.parquet",
-        },
+        "files": dict(DATASET_FILES),
         "features": features,
         # Not read by ranking.schema; documents the adapter's codes.
         "open_bandit": {

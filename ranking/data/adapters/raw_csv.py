@@ -1,0 +1,80 @@
+"""What the CSV adapters share: the raw header checked against the layout, the
+first bad field named after pyarrow gave up on a file, the first empty field of
+a parsed block, and the file names of the dataset directory they write."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ranking.data.errors import DataError
+
+#: ``files`` of every dataset directory an adapter writes
+DATASET_FILES = {
+    "train": "train.parquet",
+    "valid": "valid.parquet",
+    "test": "test.parquet",
+    "items": "items.parquet",
+    "users": "users.parquet",
+}
+_PARSE = {pa.int64(): (int, "an integer"), pa.float64(): (float, "a number")}
+
+
+def checked_header(
+    path: Path, want: list[str], layout: str, skip: tuple[str, ...] = ()
+) -> list[str]:
+    """The header of ``path`` (every field, ``skip`` included); a column of ``want``
+    missing from it, or one it has that is neither in ``want`` nor in ``skip``, is
+    an error naming the column."""
+    if not path.is_file():
+        raise DataError("missing", path)
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    for c in want:
+        if c not in header:
+            raise DataError("missing from the header", path, c)
+    for c in header:
+        if c not in want and c not in skip:
+            raise DataError(f"not a column of the {layout} layout", path, c)
+    return header
+
+
+def name_bad_field(path: Path, header: list[str], types: dict[str, pa.DataType]) -> None:
+    """Raise a DataError naming the first line with the wrong field count or a field
+    that does not parse as its column's type (ints, floats, timestamps). Slow (the
+    csv module); for after pyarrow's reader failed on the file."""
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        for line, fields in enumerate(rows):
+            if len(fields) != len(header):
+                raise DataError(
+                    f"expected {len(header)} fields, found {len(fields)}", path, row=line
+                )
+            for name, text in zip(header, fields, strict=True):
+                kind = types.get(name)
+                if kind in _PARSE:
+                    convert, what = _PARSE[kind]
+                    try:
+                        convert(text)
+                    except ValueError:
+                        raise DataError(f"not {what}", path, name, line, text) from None
+                elif kind is not None and pa.types.is_timestamp(kind) and text:
+                    try:
+                        pc.cast(pa.array([text]), kind)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        raise DataError("not a timestamp", path, name, line, text) from None
+
+
+def check_no_empty(path: Path, table: pa.Table, columns: list[str], line0: int = 0) -> None:
+    """An empty field (a null after parsing) in ``columns`` is an error naming its line
+    (``line0``: the file line of the table's first row)."""
+    for c in columns:
+        col = table.column(c)
+        if col.null_count:
+            i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError("empty field", path, c, line0 + i)
