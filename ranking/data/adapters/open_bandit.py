@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
@@ -68,6 +67,7 @@ CAMPAIGNS = ("all", "men", "women")
 USER_FEATURES = [f"user_feature_{i}" for i in range(4)]
 ITEM_CODES = [f"item_feature_{i}" for i in (1, 2, 3)]
 DAY_US = 86_400 * 10**6
+WRITE_ROWS = 1 << 20  # rows gathered at a time when writing a split
 
 
 def _read(path: Path, types: dict[str, pa.DataType], header: list[str]) -> pa.Table:
@@ -100,6 +100,18 @@ def _fail(problem: str, path: Path, column: str, bad: np.ndarray, values: np.nda
 def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     names, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int64), names.tolist()
+
+
+def _dict_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """int64 [R] codes (the index in the sorted distinct values) of a
+    dictionary-encoded string column, and those values."""
+    col = col.unify_dictionaries()  # one dictionary shared by every chunk
+    if col.num_chunks == 0:
+        return np.zeros(0, np.int64), []
+    values = np.asarray(col.chunk(0).dictionary.to_pylist(), dtype=object)
+    names, remap = np.unique(values, return_inverse=True)
+    indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
+    return remap.reshape(-1)[indices].astype(np.int64), names.tolist()
 
 
 def read_items(path: Path) -> pa.Table:
@@ -159,8 +171,9 @@ def read_log(path: Path, n_items: int) -> pa.Table:
         "position": pa.int64(),
         "click": pa.int64(),
         "propensity_score": pa.float64(),
-        **dict.fromkeys(USER_FEATURES, pa.string()),
-        **dict.fromkeys(affinity, pa.float64()),
+        # dictionary-encoded while parsed: four hashes per row as small ints
+        **dict.fromkeys(USER_FEATURES, pa.dictionary(pa.int32(), pa.string())),
+        **dict.fromkeys(affinity, pa.float32()),
     }
     t = _read(path, types, header)
     item = t.column("item_id").to_numpy()
@@ -216,16 +229,17 @@ def write_open_bandit(
                 "policy", pa.array(np.full(t.num_rows, POLICIES[p], np.int8))
             ).append_column("line", pa.array(np.arange(t.num_rows)))
         )
-    log = pa.concat_tables(logs)
+    log = pa.concat_tables(logs)  # the policies' tables, not copied
     ts = log.column("timestamp").cast(pa.int64()).to_numpy()
-    order = np.lexsort((log.column("line").to_numpy(), -log.column("policy").to_numpy(), ts))
-    log = log.take(pa.array(order))
-    ts = ts[order]
+    policy = log.column("policy").to_numpy()
+    # the log's order: by time, the random policy's row first on a tie, then by line
+    order = np.lexsort((log.column("line").to_numpy(), -policy, ts))
 
-    users = {c: log.column(c).to_numpy(zero_copy_only=False) for c in USER_FEATURES}
-    user_codes = {c: _codes(v) for c, v in users.items()}
-    profile = np.stack([user_codes[c][0] for c in USER_FEATURES], 1)
-    uniq, user_id = np.unique(profile, axis=0, return_inverse=True)
+    user_codes = {c: _dict_codes(log.column(c)) for c in USER_FEATURES}
+    key = np.zeros(len(ts), np.int64)  # the four codes as one number, in tuple order
+    for c in USER_FEATURES:
+        key = key * len(user_codes[c][1]) + user_codes[c][0]
+    profiles, user_id = np.unique(key, return_inverse=True)
     user_id = user_id.reshape(-1).astype(np.int64)
     item_codes = {c: _codes(items.column(c).to_numpy(zero_copy_only=False)) for c in ITEM_CODES}
     item_table = pa.table(
@@ -236,23 +250,32 @@ def write_open_bandit(
         }
     )
     item_rows = log.column("item_id").to_numpy()
-    affinity = {
-        f"affinity_{j}": log.column(f"user-item_affinity_{j}").cast(pa.float32())
-        for j in range(n_items)
-    }
-    rows = pa.table(
-        {
-            "user_id": user_id,
-            **{c: user_codes[c][0] for c in USER_FEATURES},
-            **affinity,
-            **{c: item_table.column(c).take(pa.array(item_rows)) for c in item_table.column_names},
-            "position": log.column("position").to_numpy() - 1,
-            "ts": ts,
-            "click": log.column("click").cast(pa.int8()),
-            "policy": log.column("policy"),
-            "propensity": log.column("propensity_score"),
-        }
-    )
+    position = log.column("position").to_numpy() - 1
+    click = log.column("click").to_numpy().astype(np.int8)
+    propensity = log.column("propensity_score").to_numpy()
+
+    def rows(idx: np.ndarray) -> pa.Table:
+        """The written columns of the log's rows ``idx`` (a chunk at a time: the
+        affinities are the bulk of the data)."""
+        take = pa.array(idx, pa.int64())
+        picked = item_table.take(pa.array(item_rows[idx], pa.int64()))
+        return pa.table(
+            {
+                "user_id": user_id[idx],
+                **{c: user_codes[c][0][idx] for c in USER_FEATURES},
+                **{
+                    f"affinity_{j}": log.column(f"user-item_affinity_{j}").take(take)
+                    for j in range(n_items)
+                },
+                **dict(zip(item_table.column_names, picked.columns, strict=True)),
+                "position": position[idx],
+                "ts": ts[idx],
+                "click": click[idx],
+                "policy": policy[idx],
+                "propensity": propensity[idx],
+            }
+        )
+
     day = ts // DAY_US
     days = np.unique(day)
     if len(days) < valid_days + test_days + 1:
@@ -265,29 +288,33 @@ def write_open_bandit(
     split = np.zeros(len(ts), np.int8)
     split[day >= days[len(days) - test_days - valid_days]] = 1
     split[day >= days[len(days) - test_days]] = 2
+    split = split[order]
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for code, name in enumerate(("train", "valid", "test")):
-        idx = np.flatnonzero(split == code)
-        part = rows.take(pa.array(idx))
-        pq.write_table(part, out / f"{name}.parquet", row_group_size=ROW_GROUP_ROWS)
+        idx = order[split == code]
+        with pq.ParquetWriter(out / f"{name}.parquet", rows(idx[:0]).schema) as writer:
+            for start in range(0, len(idx), WRITE_ROWS):
+                writer.write_table(
+                    rows(idx[start : start + WRITE_ROWS]), row_group_size=ROW_GROUP_ROWS
+                )
         counts[name] = {
             "rows": len(idx),
-            "click": int(pc.sum(part.column("click")).as_py() or 0),
-            "random_rows": int((part.column("policy").to_numpy() == 1).sum()),
+            "click": int(click[idx].sum()),
+            "random_rows": int((policy[idx] == 1).sum()),
         }
     pq.write_table(item_table, out / "items.parquet")
-    last = np.unique(user_id[::-1], return_index=True)[1]  # each profile's last row
-    last = len(user_id) - 1 - last
-    user_cols = ["user_id", *USER_FEATURES, *affinity]
-    pq.write_table(rows.select(user_cols).take(pa.array(last)), out / "users.parquet")
+    in_order = user_id[order]
+    last = order[len(order) - 1 - np.unique(in_order[::-1], return_index=True)[1]]
+    user_cols = ["user_id", *USER_FEATURES, *(f"affinity_{j}" for j in range(n_items))]
+    pq.write_table(rows(last).select(user_cols), out / "users.parquet")
     doc = schema_dict(
         campaign,
-        n_users=len(uniq),
+        n_users=len(profiles),
         user_vocab={c: len(user_codes[c][1]) for c in USER_FEATURES},
         item_vocab={c: len(item_codes[c][1]) for c in ITEM_CODES},
         n_items=n_items,
-        positions=int(rows.column("position").to_numpy().max()) + 1,
+        positions=int(position.max()) + 1,
     )
     doc["open_bandit"]["source"] = {p: str(f) for p, f in folders.items()}
     doc["open_bandit"]["rows"] = counts

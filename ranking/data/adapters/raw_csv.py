@@ -21,7 +21,11 @@ DATASET_FILES = {
     "items": "items.parquet",
     "users": "users.parquet",
 }
-_PARSE = {pa.int64(): (int, "an integer"), pa.float64(): (float, "a number")}
+_PARSE = {
+    pa.int64(): (int, "an integer"),
+    pa.float64(): (float, "a number"),
+    pa.float32(): (float, "a number"),
+}
 
 
 def checked_header(
