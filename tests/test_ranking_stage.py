@@ -50,3 +50,22 @@ def test_random_exposure_slice_metrics_match_sklearn(tiny_trained, tiny_dataset)
         )
     assert np.isfinite(metrics["test_random/auc/click"])  # the slice holds clicks
     assert "test_random/oracle_auc/click" in metrics  # the synthetic world's truth, on the slice
+
+
+def test_a_slice_without_rows_is_skipped(tiny_trained, tiny_dataset, caplog):
+    _, _, ranking, _ = tiny_trained
+    dm = RecDataModule(tiny_dataset, batch_size=512, eval_batch_size=512, validate=False)
+    dm.setup()
+    saved = ranking.slices
+    try:
+        ranking.slices = {**saved, "test_none": {"column": "policy", "value": 7}}
+        with caplog.at_level("WARNING", logger="ranking"):
+            got = ranking.slice_metrics(dm)
+    finally:
+        ranking.slices = saved
+    assert sorted(got) == ["test_random"]
+    want = {k: v for k, v in ranking.last_metrics.items() if k.startswith("test_random/")}
+    assert sorted(got["test_random"]) == sorted(want)
+    for k, v in want.items():  # the same model on the same rows as at the run's test
+        assert got["test_random"][k] == pytest.approx(v, abs=1e-6, nan_ok=True), k
+    assert "the slice test_none (policy == 7.0) holds no test row" in caplog.text

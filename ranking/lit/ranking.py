@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from ranking.lit.slices import present_slices
 from ranking.metrics.ranking import RankingMetrics
 from ranking.models.dlrm import DLRM
 from ranking.tasks.ranking import RankingTask
+
+log = logging.getLogger("ranking")
 
 
 class RankingModule(FusedTables):
@@ -96,12 +99,30 @@ class RankingModule(FusedTables):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
-        dm = self.trainer.datamodule
+        for logged in self.slice_metrics(self.trainer.datamodule).values():
+            self.log_dict(logged)
+            self.last_metrics.update(logged)
+
+    @torch.no_grad()
+    def slice_metrics(self, dm: Any) -> dict[str, dict[str, float]]:
+        """Slice stage -> its ``<stage>/metric/task`` values over the test rows of
+        ``self.slices`` (a slice without rows is skipped with a log line)."""
+        out = {}
         for stage, column, value in present_slices(dm.schema, "test", self.slices, "ranking"):
-            self.metrics = RankingMetrics(self.task.tasks)
-            with torch.no_grad():
-                for batch in dm.slice_dataloader("test", column, value):
-                    batch = batch.to(self.device)
-                    probs = self.task.probabilities(self.model(batch))
-                    self.metrics.update(probs, batch.labels, batch.oracle, batch.user_ids)
-            self._eval_end(stage)
+            metrics, rows = RankingMetrics(self.task.tasks), 0
+            for batch in dm.slice_dataloader("test", column, value):
+                batch = batch.to(self.device)
+                probs = self.task.probabilities(self.model(batch))
+                metrics.update(probs, batch.labels, batch.oracle, batch.user_ids)
+                rows += len(batch)
+            if not rows:
+                log.warning(
+                    "ranking: the slice %s (%s == %s) holds no test row; its metrics are "
+                    "not reported",
+                    stage,
+                    column,
+                    value,
+                )
+                continue
+            out[stage] = {f"{stage}/{k}": v for k, v in metrics.compute().items()}
+        return out
