@@ -181,7 +181,10 @@ def _bad(row: int, **fields) -> dict[str, list[dict]]:
         ({"101": -1}, "101", 2, "negative id"),
         ({"click": 2}, "click", 1, "label is not 0 or 1"),
         ({"purchase": 1}, "purchase", 2, "a purchase without a click"),
-        ({"D508": "nan"}, "D508", 1, "not a finite number"),
+        ({"D508": "nan"}, "D508", 1, "not a finite float32"),
+        ({"D702": "1e39"}, "D702", 2, "not a finite float32"),  # finite in float64 only
+        ({"205": "99999999999999999999"}, "205", 1, "not an integer"),  # beyond int64
+        ({"207": 1 << 40}, "207", 0, "not label-encoded"),
     ],
 )
 def test_bad_values_name_file_column_and_line(tmp_path, fields, column, row, problem):
@@ -293,3 +296,32 @@ def test_sample_trains_the_multi_task_ranker_by_cli(tmp_path):
         assert metrics[f"test/logloss/{task}"] > 0
     assert not any(k.startswith("test/recall") for k in metrics)  # no retrieval stage
     assert not (tmp_path / "runs" / "latest" / "bundle").exists()
+
+
+def test_blank_lines_duplicate_columns_and_an_empty_last_block(tmp_path):
+    raw = write_raw(tmp_path / "raw")
+    path = raw / "ali_ccp_train.csv"
+    lines = path.read_text().splitlines()
+    # a blank line is named with its own line number, not hidden by a later bad field
+    path.write_text("\n".join([lines[0], lines[1], "", *lines[2:]]) + "\n")
+    with pytest.raises(DataError) as e:
+        write_ali_ccp(raw, tmp_path / "a")
+    assert (e.value.row, e.value.problem) == (1, "empty field")  # the blank line itself
+    path.write_text("\n".join([lines[0] + ",click", *(x + ",0" for x in lines[1:])]) + "\n")
+    with pytest.raises(DataError, match="column 'click': named twice in the header"):
+        write_ali_ccp(raw, tmp_path / "b")
+    # block sizes around the file's end: the reader may yield an empty last block
+    write_raw(raw)
+    for size in range(200, 400, 7):
+        schema = write_ali_ccp(raw, tmp_path / f"c{size}", block_size=size)
+        assert pq.read_table(schema.root / "train.parquet").num_rows == 3
+
+
+def test_the_warning_names_the_earliest_disagreeing_line(tmp_path, caplog):
+    """Item 7's category differs on valid line 1 and its shop on valid line 0: the
+    warning names line 0 (the earliest), not the first column's line."""
+    lines = {k: [dict(r) for r in v] for k, v in LINES.items()}
+    lines["val"][0].update({"205": "7", "206": "4", "207": "9"})
+    with caplog.at_level(logging.WARNING, logger="ranking"):
+        write_ali_ccp(write_raw(tmp_path / "raw", lines), tmp_path / "ds")
+    assert "ali_ccp_val.csv, line 0, column 'shop', item_id 7" in caplog.text

@@ -281,3 +281,12 @@ def test_sample_trains_exports_and_serves_by_cli(tmp_path):
     lines = [json.loads(x) for x in rec.stdout.splitlines()]
     assert [len(x["items"]) for x in lines] == [5, 5]
     assert all(0 <= i < 34 for x in lines for i in x["items"])
+
+
+def test_bad_options_are_config_errors(tmp_path):
+    from ranking.data.errors import ConfigError
+
+    raw = write_raw(tmp_path / "raw")
+    for kwargs in ({"campaign": "kids"}, {"policies": ("random", "random")}, {"test_days": 0}):
+        with pytest.raises(ConfigError):
+            write_open_bandit(raw, tmp_path / "ds", **{"campaign": "men", **kwargs})

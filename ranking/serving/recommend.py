@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         "--exclude-seen",
         action="store_true",
         help="never recommend an item of the user's behaviour sequences of item ids "
-        "(the snapshot's history, manifest serving.seen)",
+        "(the snapshot's history, e.g. the last max_len items of hist_items; manifest "
+        "serving.seen)",
     )
     args = parser.parse_args(argv)
     try:
@@ -290,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"warning: {args.bundle} has no availability windows; --at is ignored and "
                 "every item is served",
+                file=sys.stderr,
+            )
+        if args.exclude_seen and rec.seen_spec is not None and not rec.seen_spec["user_inputs"]:
+            print(
+                f"warning: {args.bundle} has no user lists of item ids; --exclude-seen "
+                "drops nothing",
                 file=sys.stderr,
             )
         results = rec.recommend(args.users, args.top_n, at=args.at, exclude_seen=args.exclude_seen)

@@ -107,6 +107,7 @@ TYPES = {
     **{c: pa.float64() for c in DENSE},
 }
 DIMS = {"user_id": 16, "item_id": 16}  # every other table: 8
+MAX_ID = 1 << 31
 
 
 def split_files(raw: Path) -> dict[str, Path]:
@@ -145,6 +146,8 @@ class FirstValues:
     first_difference: tuple[Path, int, str, int] | None = None  # file, line, column, id
 
     def update(self, ids: np.ndarray, cols: dict[str, np.ndarray], file: Path, line0: int) -> None:
+        if len(ids) == 0:
+            return
         top = int(ids.max()) + 1
         if top > len(self.known):
             size = max(top, 2 * len(self.known))
@@ -160,12 +163,16 @@ class FirstValues:
             self.values[c][first_ids] = cols[c][new[first]]
         self.known[first_ids] = True
         differs = np.zeros(len(ids), bool)
+        first_bad: dict[str, int] = {}  # column -> its first disagreeing line in the block
         for c in self.columns:
             bad = self.values[c][ids] != cols[c]
-            if self.first_difference is None and bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                self.first_difference = (file, line0 + i, c, int(ids[i]))
+            if bad.any():
+                first_bad[c] = int(np.flatnonzero(bad)[0])
             differs |= bad
+        if self.first_difference is None and first_bad:
+            c = min(first_bad, key=lambda k: (first_bad[k], self.columns.index(k)))
+            i = first_bad[c]
+            self.first_difference = (file, line0 + i, c, int(ids[i]))
         self.differing_lines += int(differs.sum())
         self.differs[ids[differs]] = True
 
@@ -193,9 +200,13 @@ def _read_batches(path: Path, block_size: int):
         reader = pacsv.open_csv(
             path,
             read_options=pacsv.ReadOptions(block_size=block_size),
+            # a blank line is a line (the errors' line numbers are the file's)
+            parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(column_types=TYPES, null_values=[""]),
         )
         for batch in reader:
+            if batch.num_rows == 0:  # the reader can yield an empty last block
+                continue
             yield line, pa.Table.from_batches([batch])
             line += batch.num_rows
     except pa.ArrowInvalid as e:
@@ -225,9 +236,14 @@ def _columns(path: Path, line0: int, t: pa.Table) -> dict[str, np.ndarray]:
     for c in FIELDS:
         if (cols[c] < 0).any():
             fail("negative id", c, cols[c] < 0, cols[c])
+        # per-id tables are sized by the largest id: the layout's ids are label-encoded
+        if (cols[c] >= MAX_ID).any():
+            fail(f"id of {MAX_ID} or more (not label-encoded)", c, cols[c] >= MAX_ID, cols[c])
     for c in DENSE:
-        if not np.isfinite(cols[c]).all():
-            fail("not a finite number", c, ~np.isfinite(cols[c]), cols[c])
+        with np.errstate(over="ignore"):
+            written = cols[c].astype(np.float32)  # as written: finite in float32 too
+        if not np.isfinite(written).all():
+            fail("not a finite float32", c, ~np.isfinite(written), cols[c])
     return cols
 
 
@@ -251,33 +267,36 @@ def write_ali_ccp(raw_dir: str | Path, out: str | Path, block_size: int = 16 << 
     for split, path in files.items():
         n = {"rows": 0, "click": 0, "purchase": 0}
         writer = None
-        for line0, t in _read_batches(path, block_size):
-            cols = _columns(path, line0, t)
-            for c in FIELDS:
-                top[c] = max(top[c], int(cols[c].max()))
-            renamed = {names[c]: cols[c] for c in (*FIELDS, *DENSE)}
-            users.update(renamed["user_id"], renamed, path, line0)
-            items.update(renamed["item_id"], renamed, path, line0)
-            rows = pa.table(
-                {
-                    **{names[c]: cols[c] for c in FIELDS},
-                    **{names[c]: cols[c].astype(np.float32) for c in DENSE},
-                    "ts": np.arange(ts, ts + t.num_rows, dtype=np.int64),
-                    **{c: cols[c].astype(np.int8) for c in LABELS},
-                }
-            )
-            if writer is None:
-                writer = pq.ParquetWriter(
-                    out / f"{split}.parquet", rows.schema, compression="snappy"
+        try:
+            for line0, t in _read_batches(path, block_size):
+                cols = _columns(path, line0, t)
+                for c in FIELDS:
+                    top[c] = max(top[c], int(cols[c].max()))
+                renamed = {names[c]: cols[c] for c in (*FIELDS, *DENSE)}
+                users.update(renamed["user_id"], renamed, path, line0)
+                items.update(renamed["item_id"], renamed, path, line0)
+                rows = pa.table(
+                    {
+                        **{names[c]: cols[c] for c in FIELDS},
+                        **{names[c]: cols[c].astype(np.float32) for c in DENSE},
+                        "ts": np.arange(ts, ts + t.num_rows, dtype=np.int64),
+                        **{c: cols[c].astype(np.int8) for c in LABELS},
+                    }
                 )
-            writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
-            ts += t.num_rows
-            n["rows"] += t.num_rows
-            n["click"] += int(cols["click"].sum())
-            n["purchase"] += int(cols["purchase"].sum())
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        out / f"{split}.parquet", rows.schema, compression="snappy"
+                    )
+                writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
+                ts += t.num_rows
+                n["rows"] += t.num_rows
+                n["click"] += int(cols["click"].sum())
+                n["purchase"] += int(cols["purchase"].sum())
+        finally:
+            if writer is not None:
+                writer.close()
         if writer is None:
             raise DataError("no rows", path)
-        writer.close()
         counts[split] = n
     items.warn("item", "item_id", "items.parquet")
     users.warn("user", "user_id", "users.parquet")

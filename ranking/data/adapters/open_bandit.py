@@ -58,7 +58,7 @@ from ranking.data.adapters.raw_csv import (
     checked_header,
     name_bad_field,
 )
-from ranking.data.errors import DataError
+from ranking.data.errors import ConfigError, DataError
 from ranking.schema import Schema
 
 ROW_GROUP_ROWS = 16_384  # the loader's default shard size (ranking.data.dataset)
@@ -77,6 +77,8 @@ def _read(path: Path, types: dict[str, pa.DataType], header: list[str]) -> pa.Ta
     try:
         t = pacsv.read_csv(
             path,
+            # a blank line is a line (the errors' line numbers are the file's)
+            parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(
                 column_types=types,
                 include_columns=header,
@@ -207,13 +209,17 @@ def write_open_bandit(
     """
     raw_dir, out = Path(raw_dir), Path(out)
     if campaign not in CAMPAIGNS:
-        raise ValueError(f"unknown campaign {campaign!r} (available: {', '.join(CAMPAIGNS)})")
+        raise ConfigError(f"unknown campaign {campaign!r} (available: {', '.join(CAMPAIGNS)})")
     if (
         not policies
         or any(p not in POLICIES for p in policies)
         or len(set(policies)) < len(policies)
     ):
-        raise ValueError(f"policies must be distinct names among {list(POLICIES)}, got {policies}")
+        raise ConfigError(
+            f"policies must be distinct names among {list(POLICIES)}, got {list(policies)}"
+        )
+    if valid_days < 0 or test_days < 1:
+        raise ConfigError(f"need valid_days >= 0 and test_days >= 1, got {valid_days}, {test_days}")
     folders = {p: raw_dir / p / campaign for p in policies}
     items = read_items(folders[policies[0]] / "item_context.csv")
     for p in policies[1:]:
