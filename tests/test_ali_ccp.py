@@ -325,3 +325,10 @@ def test_the_warning_names_the_earliest_disagreeing_line(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ranking"):
         write_ali_ccp(write_raw(tmp_path / "raw", lines), tmp_path / "ds")
     assert "ali_ccp_val.csv, line 0, column 'shop', item_id 7" in caplog.text
+
+
+def test_row_groups_are_the_loaders_shards():
+    from ranking.data.adapters.raw_csv import ROW_GROUP_ROWS
+    from ranking.data.dataset import DEFAULT_SHARD_ROWS
+
+    assert ROW_GROUP_ROWS == DEFAULT_SHARD_ROWS  # kept apart so adapters skip torchrec

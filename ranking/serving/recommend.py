@@ -78,6 +78,8 @@ class Recommender:
         self.user_sorted = ids[self.user_order]
         #: manifest ``serving.seen`` (None in bundles exported before it existed)
         self.seen_spec: dict | None = serving.get("seen")
+        #: item input value -> corpus row (-1: none), built on the first seen() call
+        self._item_to_row: np.ndarray | None = None
         #: the exported item embeddings [N, D], memory-mapped on the first exact search
         self._embeddings: np.ndarray | None = None
 
@@ -98,9 +100,12 @@ class Recommender:
                 f"{self.root}: the manifest has no serving.seen entry (exported by an older "
                 "version); export the run again to use --exclude-seen"
             )
-        item_values = self.items[self.seen_spec["item_input"]].numpy()
-        to_row = np.full(int(item_values.max()) + 2, -1, dtype=np.int64)  # last: no item
-        to_row[item_values] = np.arange(len(item_values))
+        if self._item_to_row is None:  # once per bundle, not per request
+            item_values = self.items[self.seen_spec["item_input"]].numpy()
+            to_row = np.full(int(item_values.max()) + 2, -1, dtype=np.int64)  # last: no item
+            to_row[item_values] = np.arange(len(item_values))
+            self._item_to_row = to_row
+        to_row = self._item_to_row
         names = self.seen_spec["user_inputs"]
         if not names:
             return [

@@ -51,8 +51,10 @@ import yaml
 
 from ranking.data.adapters.raw_csv import (
     DATASET_FILES,
+    ROW_GROUP_ROWS,
     check_no_empty,
     checked_header,
+    fail_first,
     name_bad_field,
 )
 from ranking.data.errors import DataError
@@ -60,7 +62,6 @@ from ranking.schema import Schema
 
 log = logging.getLogger("ranking")
 
-ROW_GROUP_ROWS = 16_384  # the loader's default shard size (ranking.data.dataset)
 SPLITS = {"train": "train", "val": "valid", "test": "test"}  # file name -> our split
 LABELS = ("click", "purchase")
 
@@ -220,10 +221,7 @@ def _columns(path: Path, line0: int, t: pa.Table) -> dict[str, np.ndarray]:
     cols = {c: t.column(c).to_numpy() for c in RAW_COLUMNS}
 
     def fail(problem: str, column: str, bad: np.ndarray, values: np.ndarray | None = None):
-        i = int(np.flatnonzero(bad)[0])
-        if values is None:
-            raise DataError(problem, path, column, line0 + i)
-        raise DataError(problem, path, column, line0 + i, values[i].item())
+        fail_first(problem, path, column, bad, values, line0)
 
     for c in LABELS:
         v = cols[c]

@@ -52,11 +52,10 @@ from ranking.data.adapters.movielens_raw import (
     READERS,
     Raw,
 )
-from ranking.data.adapters.raw_csv import DATASET_FILES
+from ranking.data.adapters.raw_csv import DATASET_FILES, ROW_GROUP_ROWS
 from ranking.data.errors import DataError
 from ranking.schema import Schema
 
-ROW_GROUP_ROWS = 16_384  # the loader's default shard size (ranking.data.dataset)
 INT_LIST = pa.list_(pa.int64())
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from ranking.data.adapters.raw_csv import fail_first
 from ranking.data.errors import DataError
 
 log = logging.getLogger("ranking")
@@ -91,10 +92,7 @@ def _number(path: Path, row: int, column: str, text: str) -> float:
 
 def _check_ints(path: Path, columns: dict[str, np.ndarray], min_value: dict[str, int]) -> None:
     for name, low in min_value.items():
-        bad = np.flatnonzero(columns[name] < low)
-        if len(bad):
-            i = int(bad[0])
-            raise DataError(f"below {low}", path, name, i, int(columns[name][i]))
+        fail_first(f"below {low}", path, name, columns[name] < low, columns[name])
 
 
 def _ratings(path: Path, sep: str, header: bool) -> dict[str, np.ndarray]:

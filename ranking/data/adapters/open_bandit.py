@@ -54,14 +54,15 @@ import yaml
 
 from ranking.data.adapters.raw_csv import (
     DATASET_FILES,
+    ROW_GROUP_ROWS,
     check_no_empty,
     checked_header,
+    fail_first,
     name_bad_field,
 )
 from ranking.data.errors import ConfigError, DataError
 from ranking.schema import Schema
 
-ROW_GROUP_ROWS = 16_384  # the loader's default shard size (ranking.data.dataset)
 POLICIES = {"random": 1, "bts": 0}
 CAMPAIGNS = ("all", "men", "women")
 USER_FEATURES = [f"user_feature_{i}" for i in range(4)]
@@ -93,12 +94,6 @@ def _read(path: Path, types: dict[str, pa.DataType], header: list[str]) -> pa.Ta
     return t
 
 
-def _fail(problem: str, path: Path, column: str, bad: np.ndarray, values: np.ndarray) -> None:
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(problem, path, column, i, values[i].item())
-
-
 def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     names, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int64), names.tolist()
@@ -122,9 +117,11 @@ def read_items(path: Path) -> pa.Table:
     types = {"item_id": pa.int64(), "item_feature_0": pa.float64()}
     t = _read(path, {**types, **dict.fromkeys(ITEM_CODES, pa.string())}, header)
     ids = t.column("item_id").to_numpy()
-    _fail("item ids must be 0, 1, ... in order", path, "item_id", ids != np.arange(len(ids)), ids)
+    fail_first(
+        "item ids must be 0, 1, ... in order", path, "item_id", ids != np.arange(len(ids)), ids
+    )
     price = t.column("item_feature_0").to_numpy()
-    _fail("not a finite number", path, "item_feature_0", ~np.isfinite(price), price)
+    fail_first("not a finite number", path, "item_feature_0", ~np.isfinite(price), price)
     return t
 
 
@@ -134,7 +131,7 @@ def _same_items(first: pa.Table, other: pa.Table, path: Path) -> None:
     a, b = first.column("item_feature_0").to_numpy(), other.column("item_feature_0").to_numpy()
     if len(a) != len(b):
         raise DataError(f"lists {len(b)} items, the first policy's file {len(a)}", path)
-    _fail("price differs from the first policy's file", path, "item_feature_0", a != b, b)
+    fail_first("price differs from the first policy's file", path, "item_feature_0", a != b, b)
     for c in ITEM_CODES:
         x = _codes(first.column(c).to_numpy(zero_copy_only=False))[0]
         y = _codes(other.column(c).to_numpy(zero_copy_only=False))[0]
@@ -179,16 +176,16 @@ def read_log(path: Path, n_items: int) -> pa.Table:
     }
     t = _read(path, types, header)
     item = t.column("item_id").to_numpy()
-    _fail("not in item_context.csv", path, "item_id", (item < 0) | (item >= n_items), item)
+    fail_first("not in item_context.csv", path, "item_id", (item < 0) | (item >= n_items), item)
     pos = t.column("position").to_numpy()
-    _fail("position below 1", path, "position", pos < 1, pos)
+    fail_first("position below 1", path, "position", pos < 1, pos)
     click = t.column("click").to_numpy()
-    _fail("label is not 0 or 1", path, "click", (click != 0) & (click != 1), click)
+    fail_first("label is not 0 or 1", path, "click", (click != 0) & (click != 1), click)
     p = t.column("propensity_score").to_numpy()
-    _fail("propensity outside (0, 1]", path, "propensity_score", ~((p > 0) & (p <= 1)), p)
+    fail_first("propensity outside (0, 1]", path, "propensity_score", ~((p > 0) & (p <= 1)), p)
     for c in affinity:
         v = t.column(c).to_numpy()
-        _fail("not a finite number", path, c, ~np.isfinite(v), v)
+        fail_first("not a finite number", path, c, ~np.isfinite(v), v)
     return t
 
 

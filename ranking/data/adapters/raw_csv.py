@@ -1,6 +1,7 @@
-"""What the CSV adapters share: the raw header checked against the layout, the
-first bad field named after pyarrow gave up on a file, the first empty field of
-a parsed block, and the file names of the dataset directory they write."""
+"""What the adapters share: the raw header checked against the layout, the first
+bad field named after pyarrow gave up on a file, the first empty field of a parsed
+block, the first row failing a vectorised check, and the file names and row-group
+size of the dataset directory they write."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ DATASET_FILES = {
     "items": "items.parquet",
     "users": "users.parquet",
 }
+#: rows per Parquet row group written: the loader's default shard
+#: (``ranking.data.dataset.DEFAULT_SHARD_ROWS``, not imported: it pulls torchrec)
+ROW_GROUP_ROWS = 16_384
 _WHAT = {pa.int64(): "an integer", pa.float64(): "a number", pa.float32(): "a number"}
 
 
@@ -71,6 +75,23 @@ def name_bad_field(path: Path, header: list[str], types: dict[str, pa.DataType])
                     pc.cast(pa.array([text]), kind)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                     raise DataError(f"not {what}", path, name, line, text) from None
+
+
+def fail_first(
+    problem: str,
+    path: Path,
+    column: str,
+    bad: np.ndarray,
+    values: np.ndarray | None = None,
+    line0: int = 0,
+) -> None:
+    """A DataError at the first True of ``bad`` (bool [R]) naming its line (``line0``:
+    the file line of row 0) and, given ``values``, its value; nothing when all False."""
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        if values is None:
+            raise DataError(problem, path, column, line0 + i)
+        raise DataError(problem, path, column, line0 + i, values[i].item())
 
 
 def check_no_empty(path: Path, table: pa.Table, columns: list[str], line0: int = 0) -> None:
