@@ -25,6 +25,7 @@ from ranking.data.files import csv_column_types, iter_record_batches
 from ranking.lit.ranking import RankingModule
 from ranking.lit.retrieval import RetrievalModule
 from ranking.schema import SCHEMA_FILE, Schema
+from ranking.serving.artifacts import aoti_artifacts
 from ranking.serving.export import export_bundle
 from ranking.tasks.retrieval import RetrievalTask
 from ranking.tracking import StageLogger, Tracker
@@ -65,6 +66,8 @@ def check_stages(cfg: DictConfig, schema: Schema) -> None:
     stages = list(cfg.stages)
     if "export" in stages and "retrieval" not in stages:
         raise ConfigError(f"stages={stages}: export needs the retrieval stage (or drop export)")
+    if "export" in stages:
+        _aoti_option(cfg.export.get("aoti", False), "ranking" in stages)
     if "retrieval" in stages and cfg.retrieval.task.positive_label not in schema.labels:
         raise ConfigError(
             f"retrieval.task.positive_label={cfg.retrieval.task.positive_label!r} is not a "
@@ -317,8 +320,20 @@ def export_run(
         retrieve_k=cfg.export.retrieve_k,
         rank_by=cfg.export.rank_by,
         index=OmegaConf.to_container(cfg.export.get("index", {}), resolve=True),
-        aoti=bool(cfg.export.get("aoti", False)),
+        aoti=_aoti_option(cfg.export.get("aoti", False), ranking is not None),
     )
+
+
+def _aoti_option(value: Any, has_ranker: bool) -> bool | list[str]:
+    """``export.aoti``: true / false, or a list of artifact names (``[ranker]``)."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    chosen = [value] if isinstance(value, str) else [str(v) for v in value]
+    try:
+        aoti_artifacts(chosen, ["user_tower", "item_tower"] + (["ranker"] if has_ranker else []))
+    except ValueError as e:
+        raise ConfigError(f"{e}; use true, false or a list of them") from None
+    return chosen
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:

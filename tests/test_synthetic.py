@@ -568,7 +568,16 @@ def test_default_size_rates_and_oracle_auc(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_benchmark_preset_generates_its_size(tmp_path: Path) -> None:
-    schema = generate(tmp_path / "bench", benchmark_config())
+    """experiment=synthetic_benchmark's world is benchmark_config(), and its traffic
+    per user gives >= 3M train rows: checked on a tenth of its users (rows grow
+    with the users; the whole world takes ~45 s to generate)."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_train
+
+    world = OmegaConf.to_container(compose_train(["experiment=synthetic_benchmark"]).world)
+    assert world == benchmark_config().to_dict()
+    schema = generate(tmp_path / "bench", benchmark_config(n_users=3_000))
     stats = json.loads((tmp_path / "bench" / "stats.json").read_text())
-    assert stats["train"]["rows"] >= 3_000_000
-    assert len(schema.split_paths("train")) > 1
+    assert stats["train"]["rows"] * 10 >= 3_000_000
+    assert len(schema.split_paths("train")) > 1  # chunked into several part files

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,31 @@ def script(module: torch.nn.Module, path: Path) -> None:
         torch.jit.save(torch.jit.script(module), str(path))
 
 
+def aoti_artifacts(aoti: bool | Collection[str] | None, names: list[str]) -> set[str]:
+    """The artifacts to compile as AOTInductor packages.
+
+    ``aoti`` is True (all of ``names``), False / None (none) or a collection of
+    artifact names, each of which must be in ``names``.
+    """
+    if aoti is None or aoti is False:
+        return set()
+    if aoti is True:
+        return set(names)
+    if isinstance(aoti, str):
+        aoti = [aoti]
+    unknown = sorted(set(aoti) - set(names))
+    if unknown:
+        raise ValueError(f"export.aoti names {unknown}, not artifacts of this bundle {names}")
+    return set(aoti)
+
+
 def write_artifacts(
     out: str | Path,
     manifest: dict[str, Any],
     schema: Schema,
     dense_stats: dict[str, Any],
     predictors: dict[str, torch.nn.Module],
-    aoti: bool = False,
+    aoti: bool | Collection[str] = False,
     corpus: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, GuardedPredictor]:
     """Write every predictor in every format and complete ``manifest`` in place.
@@ -65,7 +84,8 @@ def write_artifacts(
             each artifact's inputs.
         dense_stats: :meth:`~ranking.data.stats.DenseStats.to_dict` of train.
         predictors: artifact name -> plain-torch predictor (eval mode).
-        aoti: also compile AOTInductor packages (slow: ~10 s per artifact).
+        aoti: also compile AOTInductor packages (slow: ~10-30 s per artifact):
+            True for every artifact, or the names of the ones to compile.
         corpus: (item embeddings [N, D], raw item ids [N]) for the test vectors'
             retrieval case (:func:`ranking.serving.test_vectors.retrieval_case`).
 
@@ -73,6 +93,7 @@ def write_artifacts(
         artifact name -> the guarded eager module that every file reproduces.
     """
     out = Path(out)
+    compiled = aoti_artifacts(aoti, list(predictors))
     manifest["preprocessing"] = preprocessing_contract(schema, dense_stats)
     modules: dict[str, GuardedPredictor] = {}
     for name, predictor in predictors.items():
@@ -84,7 +105,7 @@ def write_artifacts(
         script(module, out / formats["torchscript"])
         program = pt2.export_program(module, entry["inputs"])
         pt2.save_program(program, out / formats["pt2"])
-        if aoti:
+        if name in compiled:
             formats["aoti"] = f"{name}.aoti.pt2"
             pt2.compile_aoti(program, out / formats["aoti"])
         if "tasks" in entry:  # the ranker: one output column per task, in this order
@@ -96,7 +117,9 @@ def write_artifacts(
             "B": "batch size, >= 1, shared by every input",
             "L": "per list input: 1 <= L <= max_len (pad with -1)",
         }
-    manifest["artifact_formats"] = {k: v for k, v in FORMAT_NAMES.items() if aoti or k != "aoti"}
+    manifest["artifact_formats"] = {
+        k: v for k, v in FORMAT_NAMES.items() if compiled or k != "aoti"
+    }
     shutil.copyfile(preprocess_module.__file__, out / "preprocess.py")
     vectors = test_vectors.build(schema, dense_stats, manifest, modules, corpus=corpus)
     manifest["test_vectors"] = test_vectors.save(vectors, out)

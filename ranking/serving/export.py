@@ -130,7 +130,7 @@ def export_bundle(
     run_id: str | None = None,
     retrieve_k: int = 100,
     rank_by: str | None = None,
-    aoti: bool = False,
+    aoti: bool | list[str] = False,
     index: dict[str, Any] | None = None,
 ) -> Path:
     """Export both stages into one self-contained folder. Returns the folder.
@@ -142,7 +142,8 @@ def export_bundle(
         corpus_batches: iterable of item-corpus :class:`Batch` (every item once).
         user_batches: iterable of user-snapshot batches (every user once).
         rank_by: the task whose probability orders the final list (default: the first).
-        aoti: also compile AOTInductor ``.aoti.pt2`` packages (~10 s per artifact).
+        aoti: also compile AOTInductor ``.aoti.pt2`` packages (~10-30 s per
+            artifact): True for every artifact, or the names of the ones to compile.
         index: :class:`~ranking.serving.index.IndexConfig` fields (default: exact).
     """
     out = Path(out)
