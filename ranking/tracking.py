@@ -1,4 +1,5 @@
-"""MLflow tracking: one parent run per job, one child run per stage.
+"""MLflow tracking: one parent run per job, one child run per stage (and, in a
+Hydra sweep, the jobs' runs nested under the sweep's run: ranking/sweep.py).
 
 The default store is ``sqlite:///mlflow.db`` in the working directory (MLflow 3's
 default; the file store is in maintenance mode). Open it with
@@ -79,12 +80,17 @@ class Tracker:
 
     @contextmanager
     def parent(
-        self, cfg: DictConfig, dataset: str, run_name: str | None = None
+        self,
+        cfg: DictConfig,
+        dataset: str,
+        run_name: str | None = None,
+        sweep_run_id: str | None = None,
     ) -> Iterator[str | None]:
+        """The job's run (nested under ``sweep_run_id``, a sweep's run, when given)."""
         if not self.enabled:
             yield None
             return
-        with mlflow.start_run(run_name=run_name) as run:
+        with mlflow.start_run(run_name=run_name, parent_run_id=sweep_run_id) as run:
             self.parent_id = run.info.run_id
             mlflow.set_tags({"git_commit": git_commit(), "dataset": dataset})
             mlflow.log_params(flatten(cfg))

@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ranking.cli import CONFIG_PATH
@@ -16,19 +17,36 @@ from ranking.data.errors import main_guard
 from ranking.pipeline import check_stages, export_run, prepare_dataset, train_stage, write_metrics
 from ranking.schema import Schema
 from ranking.serving.index import index_metrics
+from ranking.sweep import (
+    check_objective,
+    current_sweep,
+    fail_job,
+    job_overrides,
+    job_run_name,
+    objective_value,
+    record_job,
+)
 from ranking.tracking import Tracker
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """The main job. Returns the test metrics (also written to metrics.json)."""
+def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
+    """The main job. Returns the test metrics (also written to metrics.json) and
+    the value of the objective (ranking/sweep.py)."""
     pl.seed_everything(cfg.seed, workers=True)
     data_dir = prepare_dataset(cfg)
     schema = Schema.load(data_dir)
     check_stages(cfg, schema)
+    check_objective(cfg)
     tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled)
     metrics: dict[str, float] = {}
     modules = {}
-    with tracker.parent(cfg, schema.name, run_name=run_dir.name) as run_id:
+    sweep = current_sweep() if cfg.mlflow.enabled else None
+    run_name = run_dir.name
+    if sweep is not None:  # a job of `ranking-train -m ...`: named after what it varies
+        job, varied = job_overrides()
+        run_name = job_run_name(job, varied)
+    sweep_run_id = sweep["run_id"] if sweep is not None else None
+    with tracker.parent(cfg, schema.name, run_name, sweep_run_id) as run_id:
         for stage in ("retrieval", "ranking"):
             if stage in cfg.stages:
                 modules[stage], stage_metrics = train_stage(stage, cfg, data_dir, tracker, run_dir)
@@ -52,7 +70,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             write_metrics(bundle.parent / "metrics.json", metrics)
             tracker.log_artifacts(bundle, "bundle")
         tracker.log_artifact(run_dir / "metrics.json")
-    _point_latest(run_dir)
+    if not _in_sweep():
+        _point_latest(run_dir)
+    _report(cfg, run_dir, metrics, run_id)
+    # what a sweeper optimises: by default a validation metric of the last epoch
+    final = {k: v for m in modules.values() for k, v in m.last_metrics.items()}
+    name, value = objective_value(cfg, {**final, **metrics})
+    print(f"objective: {name} = {value:.4f}")
+    if sweep is not None:
+        record_job(sweep, cfg, job, varied, run_id, (name, value), run_dir)
+    return metrics, value
+
+
+def _report(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], run_id: str | None) -> None:
     print(f"\nmetrics: {run_dir / 'metrics.json'}")
     for k, v in sorted(metrics.items()):
         print(f"  {k:32s} {v:.4f}")
@@ -63,7 +93,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             f"mlflow:  run {run_id} in {cfg.mlflow.tracking_uri} "
             f"(open: mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri})"
         )
-    return metrics
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _point_latest(run_dir: Path) -> None:
@@ -80,8 +113,15 @@ def _point_latest(run_dir: Path) -> None:
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 @main_guard
 def main(cfg: DictConfig) -> float:
-    metrics = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return metrics.get("test/auc/click", float("nan"))
+    """Returns the objective (``objective.metric``) to a Hydra sweeper."""
+    sweep = current_sweep() if cfg.mlflow.enabled else None
+    try:
+        _, objective = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except BaseException as e:
+        if sweep is not None:
+            fail_job(sweep, e)
+        raise
+    return objective
 
 
 if __name__ == "__main__":
