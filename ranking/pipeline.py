@@ -68,6 +68,11 @@ def check_stages(cfg: DictConfig, schema: Schema) -> None:
         raise ConfigError(f"stages={stages}: export needs the retrieval stage (or drop export)")
     if "export" in stages:
         _aoti_option(cfg.export.get("aoti", False), "ranking" in stages)
+    if cfg.mlflow.get("register") and ("export" not in stages or not cfg.mlflow.enabled):
+        raise ConfigError(
+            f"mlflow.register={cfg.mlflow.register!r} registers the exported bundle: it needs "
+            f"the export stage (stages={stages}) and mlflow.enabled=true"
+        )
     if "retrieval" in stages and cfg.retrieval.task.positive_label not in schema.labels:
         raise ConfigError(
             f"retrieval.task.positive_label={cfg.retrieval.task.positive_label!r} is not a "

@@ -122,3 +122,12 @@ class Tracker:
     def log_artifact(self, path: str | Path) -> None:
         if self.enabled:
             mlflow.log_artifact(str(path))
+
+    def register_bundle(self, bundle: str | Path, name: str) -> dict[str, Any] | None:
+        """The bundle as a pyfunc model of the active run, registered as a new version
+        of ``name`` (ranking/serving/mlflow_model.py)."""
+        if not self.enabled:
+            return None
+        from ranking.serving.mlflow_model import log_bundle_model
+
+        return log_bundle_model(bundle, register=name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -36,7 +37,7 @@ def trained_run(tmp_path_factory):
     made = cli("ranking-data", "out=ds", *WORLD, cwd=work)
     assert made.returncode == 0, made.stderr[-3000:]
     assert (work / "ds" / "schema.yaml").exists()
-    trained = cli("ranking-train", "data.path=ds", *FAST, cwd=work)
+    trained = cli("ranking-train", "data.path=ds", *FAST, "mlflow.register=tiny", cwd=work)
     assert trained.returncode == 0, trained.stderr[-3000:]
     return work, trained.stdout + trained.stderr
 
@@ -48,6 +49,7 @@ def test_train_prints_where_everything_went(trained_run):
     assert f"metrics: {run / 'metrics.json'}" in out
     assert f"bundle:  {run / 'bundle'}" in out
     assert "mlflow:  run " in out and "sqlite:///mlflow.db" in out
+    assert "model:   models:/tiny/1 (models:/m-" in out
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("test/recall@100", "test/ndcg@10", "test/hit@50", "test/auc/click"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -135,6 +137,78 @@ def test_export_then_recommend(trained_run):
     lines = [json.loads(x) for x in rec.stdout.splitlines()]
     assert [x["user_id"] for x in lines] == [3, 4]
     assert all(len(x["items"]) == 7 for x in lines)
+
+
+# mlflow is allowed, the rest of the training stack is not; `ranking` must come
+# from the model's own code copy
+PYFUNC = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    BLOCKED = ["torchrec", "fbgemm_gpu", "lightning", "pytorch_lightning", "hydra", "omegaconf"]
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"blocked in this test: {name}")
+    sys.meta_path.insert(0, Block())
+    import mlflow, pandas as pd
+    mlflow.set_tracking_uri(sys.argv[1])
+    model = mlflow.pyfunc.load_model("models:/tiny/1")
+    users = pd.DataFrame({"user_id": list(range(40))})
+    rows = {
+        str(seen): model.predict(users, params={"top_n": 6, "exclude_seen": seen}).to_dict("records")
+        for seen in (False, True)
+    }
+    import ranking
+    print(json.dumps({"rows": rows, "code": ranking.__file__}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_bundle_registered_and_served_as_pyfunc(trained_run):
+    import mlflow
+
+    work, _ = trained_run
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (version,) = client.search_model_versions("name='tiny'")
+    (parent,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("ranking").experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert int(version.version) == 1 and version.run_id == parent.info.run_id
+
+    res = subprocess.run(
+        [sys.executable, "-c", PYFUNC, uri], capture_output=True, text=True, cwd=work, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "/artifacts/code/ranking/" in got["code"]  # not the installed package
+    users = [str(u) for u in range(40)]
+    for seen in (False, True):
+        rec = cli(
+            "ranking-recommend", "--bundle", "runs/latest/bundle", "--users", *users,
+            "--top-n", "6", *(["--exclude-seen"] if seen else []), cwd=work,
+        )  # fmt: skip
+        assert rec.returncode == 0, rec.stderr[-3000:]
+        assert got["rows"][str(seen)] == [json.loads(x) for x in rec.stdout.splitlines()]
+    # the param reaches the recommender: some users' lists lose a seen item
+    assert got["rows"]["True"] != got["rows"]["False"]
+
+
+def test_register_needs_the_export_stage_and_tracking(tiny_dataset):
+    from ranking.data.errors import ConfigError
+    from ranking.pipeline import check_stages
+    from ranking.schema import Schema
+    from tests.conftest import compose_train
+
+    schema = Schema.load(tiny_dataset)
+    for bad in (["stages=[retrieval,ranking]"], ["mlflow.enabled=false"]):
+        cfg = compose_train([f"data.path={tiny_dataset}", "mlflow.register=m", *bad])
+        with pytest.raises(ConfigError, match="mlflow.register='m' registers the exported bundle"):
+            check_stages(cfg, schema)
+    check_stages(compose_train([f"data.path={tiny_dataset}", "mlflow.register=m"]), schema)
 
 
 @pytest.mark.slow

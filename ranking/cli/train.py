@@ -40,6 +40,7 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
     tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled)
     metrics: dict[str, float] = {}
     modules = {}
+    registered = None
     sweep = current_sweep() if cfg.mlflow.enabled else None
     run_name = run_dir.name
     if sweep is not None:  # a job of `ranking-train -m ...`: named after what it varies
@@ -69,10 +70,16 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
             tracker.log_metrics(built)
             write_metrics(bundle.parent / "metrics.json", metrics)
             tracker.log_artifacts(bundle, "bundle")
+            if cfg.mlflow.get("register"):  # the bundle in the Model Registry
+                registered = tracker.register_bundle(bundle, cfg.mlflow.register)
         tracker.log_artifact(run_dir / "metrics.json")
     if not _in_sweep():
         _point_latest(run_dir)
     _report(cfg, run_dir, metrics, run_id)
+    if registered:
+        print(
+            f"model:   models:/{registered['name']}/{registered['version']} ({registered['model_uri']})"
+        )
     # what a sweeper optimises: by default a validation metric of the last epoch
     final = {k: v for m in modules.values() for k, v in m.last_metrics.items()}
     name, value = objective_value(cfg, {**final, **metrics})
