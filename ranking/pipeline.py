@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ranking.data.datamodule import RecDataModule
@@ -333,7 +333,12 @@ def _aoti_option(value: Any, has_ranker: bool) -> bool | list[str]:
     """``export.aoti``: true / false, or a list of artifact names (``[ranker]``)."""
     if isinstance(value, bool) or value is None:
         return bool(value)
-    chosen = [value] if isinstance(value, str) else [str(v) for v in value]
+    if isinstance(value, str):
+        chosen = [value]
+    elif isinstance(value, (list, tuple, ListConfig)):
+        chosen = [str(v) for v in value]
+    else:
+        raise ConfigError(f"export.aoti={value!r}: use true, false or a list of artifact names")
     try:
         aoti_artifacts(chosen, ["user_tower", "item_tower"] + (["ranker"] if has_ranker else []))
     except ValueError as e:

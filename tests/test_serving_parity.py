@@ -208,3 +208,5 @@ def test_aoti_option_names_only_artifacts_of_the_bundle():
     assert _aoti_option("user_tower", False) == ["user_tower"]
     with pytest.raises(ConfigError, match=r"\['ranker'\], not artifacts .*'item_tower'\]"):
         _aoti_option(["ranker"], False)  # a retrieval-only bundle has no ranker
+    with pytest.raises(ConfigError, match="export.aoti=1: use true, false or a list"):
+        _aoti_option(1, True)

@@ -39,8 +39,7 @@ def test_sweep_run_holds_its_jobs_and_their_best(work):
     assert res.returncode == 0, res.stderr[-3000:]
     client, runs = _runs(work)
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(top) == 1
-    sweep = top[0]
+    (sweep,) = [r for r in top if r.data.tags["sweep_dir"].startswith(str(work / "multirun"))]
     assert sweep.info.status == "FINISHED" and sweep.data.tags["kind"] == "sweep"
     assert "retrieval.task.logq=true,false" in sweep.data.params["sweep.overrides"]
     jobs = {
@@ -96,7 +95,7 @@ def test_failed_job_ends_the_sweep_and_marks_it_failed(work):
     assert res.returncode == 2
     assert "error: objective.metric='valid/auc/click': a ranker metric" in res.stderr
     _, runs = _runs(work)
-    sweep = next(r for r in runs if r.data.tags.get("sweep_dir") == "failed")
+    sweep = next(r for r in runs if r.data.tags.get("sweep_dir") == str(work / "failed"))
     assert sweep.info.status == "FAILED"
     (line,) = (work / "failed" / "sweep_results.jsonl").read_text().splitlines()
     assert json.loads(line)["status"] == "failed" and json.loads(line)["job"] == 0
@@ -119,9 +118,36 @@ def test_default_objective_is_a_validation_metric():
         objective_value(cfg, {"c/d": 1.0, "a/b": 2.0})
 
 
+def test_default_objective_follows_the_tasks_and_missing_is_nan_outside_sweeps():
+    cfg = compose_train(
+        ["stages=[ranking]", "ranking.model.tasks=[purchase]", "ranking.model.esmm={}"]
+    )
+    assert objective_name(cfg) == "valid/auc/purchase"  # export.rank_by=click: not a task
+    check_objective(cfg)
+    assert objective_name(compose_train(["objective=null"])) == "valid/auc/click"
+    name, value = objective_value(compose_train([]), {"test/auc/click": 0.7}, required=False)
+    assert name == "valid/auc/click" and math.isnan(value)
+
+
+def test_sweeps_the_sweep_run_cannot_follow_are_refused():
+    from omegaconf import OmegaConf
+
+    from ranking.sweep import _check_sweep
+
+    base = {"objective": {"direction": "maximize"}, "hydra": {"sweeper": {}}}
+    with pytest.raises(ConfigError, match="a sweep over \\['mlflow.tracking_uri'\\]"):
+        _check_sweep(OmegaConf.create(base), ["mlflow.tracking_uri=a,b", "seed=0,1"])
+    _check_sweep(OmegaConf.create(base), ["mlflow.tracking_uri=a", "seed=0,1"])
+    base["hydra"]["sweeper"]["direction"] = "minimize"  # hydra-optuna-sweeper's default
+    with pytest.raises(ConfigError, match="hydra.sweeper.direction=minimize but objective"):
+        _check_sweep(OmegaConf.create(base), ["seed=0,1"])
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        (["objective.metric=valid/recall@1000"], "reports cut-offs \\[10, 50, 100\\]"),
+        (["trainer.limit_val_batches=0"], "but trainer.limit_val_batches=0"),
         (
             ["objective.metric=val/auc/click"],
             "stage of \\['valid', 'test', 'test_random', 'index'\\]",

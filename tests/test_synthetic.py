@@ -567,7 +567,7 @@ def test_default_size_rates_and_oracle_auc(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_benchmark_preset_generates_its_size(tmp_path: Path) -> None:
+def test_benchmark_preset_is_the_experiments_world_at_its_rate(tmp_path: Path) -> None:
     """experiment=synthetic_benchmark's world is benchmark_config(), and its traffic
     per user gives >= 3M train rows: checked on a tenth of its users (rows grow
     with the users; the whole world takes ~45 s to generate)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from pathlib import Path
 
 import hydra
@@ -13,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ranking.cli import CONFIG_PATH
-from ranking.data.errors import main_guard
+from ranking.data.errors import GUARDED, main_guard
 from ranking.pipeline import check_stages, export_run, prepare_dataset, train_stage, write_metrics
 from ranking.schema import Schema
 from ranking.serving.index import index_metrics
@@ -82,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
         )
     # what a sweeper optimises: by default a validation metric of the last epoch
     final = {k: v for m in modules.values() for k, v in m.last_metrics.items()}
-    name, value = objective_value(cfg, {**final, **metrics})
+    name, value = objective_value(cfg, {**final, **metrics}, required=sweep is not None)
     print(f"objective: {name} = {value:.4f}")
     if sweep is not None:
         record_job(sweep, cfg, job, varied, run_id, (name, value), run_dir)
@@ -125,8 +126,13 @@ def main(cfg: DictConfig) -> float:
     try:
         _, objective = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except BaseException as e:
-        if sweep is not None:
-            fail_job(sweep, e)
+        if sweep is None:
+            raise
+        fail_job(sweep, e)
+        if isinstance(e, Exception) and not isinstance(e, GUARDED):
+            # Hydra would record it and go on with the next job: a failed job ends the sweep
+            traceback.print_exc()
+            raise SystemExit(1) from None
         raise
     return objective
 

@@ -82,6 +82,10 @@ class ConfigError(ValueError):
     without the labels it needs, a task that is not a label)."""
 
 
+#: the errors main_guard turns into ``error: <message>``, exit 2
+GUARDED = (DataError, SchemaError, ConfigError)
+
+
 def main_guard(fn: F) -> F:
     """Wrap a command's main so bad input ends as ``error: <message>`` on stderr, exit 2.
 
@@ -98,7 +102,7 @@ def main_guard(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DataError, SchemaError, ConfigError) as e:
+        except GUARDED as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(EXIT_BAD_INPUT) from None
 

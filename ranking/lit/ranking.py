@@ -79,7 +79,8 @@ class RankingModule(FusedTables):
     def _eval_end(self, stage: str) -> None:
         logged = {f"{stage}/{k}": v for k, v in self.metrics.compute().items()}
         self.log_dict(logged)
-        self.last_metrics.update(logged)
+        if not self.trainer.sanity_checking:  # the 2-batch check before training is no result
+            self.last_metrics.update(logged)
         self.metrics = None
 
     def on_validation_epoch_start(self) -> None:

@@ -264,7 +264,8 @@ class RetrievalModule(FusedTables):
     def _report(self, stage: str, report: RetrievalReport) -> None:
         logged = {f"{stage}/{k}": v for k, v in report.metrics.items()}
         self.log_dict(logged, batch_size=max(report.users, 1))
-        self.last_metrics.update(logged)
+        if not self.trainer.sanity_checking:  # the 2-batch check before training is no result
+            self.last_metrics.update(logged)
         if report.deciles is not None and stage != "valid":
             self.last_tables[stage] = report.deciles
             self._log_table(stage, report.deciles)

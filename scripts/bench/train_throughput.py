@@ -6,9 +6,11 @@ tables, dense AdamW) on the same train split, batch size and seed, timed over
 ``--batches`` steps after ``--warmup`` untimed ones, ``--repeats`` times each,
 interleaved:
 
-- ``ranking-train``: Lightning ``Trainer.fit`` of the stage's LightningModule
-  over the datamodule (shuffled Parquet reading and batch conversion in the
-  loop), without validation, logger or checkpoints: the production path.
+- ``ranking-train``'s loop: Lightning ``Trainer.fit`` of the stage's
+  LightningModule over the datamodule (shuffled Parquet reading and batch
+  conversion in the loop), without validation, MLflow logger or checkpoints
+  (the training steps of the production path; Lightning's default
+  ``log_every_n_steps``).
 - ``lightning, batches in memory``: the same ``Trainer.fit`` over the batches
   read beforehand: Lightning's overhead without the data pipeline.
 - ``raw torchrec loop``: the torchrec examples' loop over the batches in
@@ -151,7 +153,7 @@ def main() -> None:
         f"{os.cpu_count()} cores ({cpu_model()}); overrides {args.set}"
     )
     ways = {
-        "ranking-train (Lightning + datamodule)": lambda: lightning(
+        "ranking-train's loop (Lightning + datamodule)": lambda: lightning(
             "ranking", cfg, args.data, total, args.warmup
         ),
         "Lightning, batches in memory": lambda: lightning(
