@@ -11,7 +11,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ranking.cli import CONFIG_PATH
 from ranking.data.errors import GUARDED, main_guard
@@ -37,7 +37,10 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
     data_dir = prepare_dataset(cfg)
     schema = Schema.load(data_dir)
     check_stages(cfg, schema)
-    check_objective(cfg)
+    # a sweep needs its objective; a single run only checks one it was given
+    needed = _in_sweep()
+    if needed or OmegaConf.select(cfg, "objective.metric", default=None):
+        check_objective(cfg)
     tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled)
     metrics: dict[str, float] = {}
     modules = {}
@@ -83,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
         )
     # what a sweeper optimises: by default a validation metric of the last epoch
     final = {k: v for m in modules.values() for k, v in m.last_metrics.items()}
-    name, value = objective_value(cfg, {**final, **metrics}, required=sweep is not None)
+    name, value = objective_value(cfg, {**final, **metrics}, required=needed)
     print(f"objective: {name} = {value:.4f}")
     if sweep is not None:
         record_job(sweep, cfg, job, varied, run_id, (name, value), run_dir)
