@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ranking.data.datamodule import RecDataModule
@@ -24,6 +24,7 @@ from ranking.data.errors import ConfigError, DataError
 from ranking.data.files import csv_column_types, iter_record_batches
 from ranking.lit.ranking import RankingModule
 from ranking.lit.retrieval import RetrievalModule
+from ranking.lit.sharding import TorchrecStrategy, is_sharded_checkpoint, load_model_state
 from ranking.schema import SCHEMA_FILE, Schema
 from ranking.serving.artifacts import aoti_artifacts
 from ranking.serving.export import export_bundle
@@ -245,6 +246,13 @@ def make_trainer(
                 save_on_train_epoch_end=True,
             )
         )
+    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    sharding = options.pop("sharding", None)
+    if sharding is not None:
+        options["strategy"] = TorchrecStrategy(
+            sharding_types=sharding.get("types"),
+            process_group_backend=sharding.get("backend"),
+        )
     return pl.Trainer(
         max_epochs=epochs,
         logger=logger if logger is not None else False,
@@ -252,8 +260,44 @@ def make_trainer(
         enable_checkpointing=stage is not None,
         callbacks=callbacks,
         deterministic=False,
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **options,
     )
+
+
+def sharded(cfg: DictConfig) -> bool:
+    """True when the trainer shards the tables (``trainer=cpu_sharded``)."""
+    return OmegaConf.select(cfg, "trainer.sharding", default=None) is not None
+
+
+def single_process(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with a one-process trainer (evaluating or exporting a sharded run)."""
+    if not sharded(cfg):
+        return cfg
+    out = cfg.copy()
+    with open_dict(out):
+        out.trainer.pop("sharding")
+        out.trainer.devices, out.trainer.num_nodes = 1, 1
+    return out
+
+
+def check_sharding(cfg: DictConfig, in_sweep: bool) -> None:
+    """Refuse, before training, what a sharded run cannot do (yet)."""
+    if not sharded(cfg):
+        return
+    if cfg.get("resume"):
+        raise ConfigError(
+            f"resume={cfg.resume}: resuming a sharded run (trainer.sharding) is not supported "
+            "yet; start it afresh"
+        )
+    if in_sweep:
+        raise ConfigError("a sweep (ranking-train -m) cannot run sharded jobs (trainer.sharding)")
+    for stage in ("retrieval", "ranking"):
+        if stage in cfg.stages and not cfg[stage].model.get("sparse_optimizer"):
+            raise ConfigError(
+                f"{stage}: sharded training needs fused tables, i.e. a fused optimizer "
+                f"(conf/optimizer/fused*.yaml); optimizer@{stage}.optimizer without `sparse` "
+                "updates dense table gradients, which DistributedModelParallel does not produce"
+            )
 
 
 def resume_checkpoint(cfg: DictConfig, stage: str) -> Path | None:
@@ -291,13 +335,18 @@ def test_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def load_stage(stage: str, cfg: DictConfig, schema: Schema, run_dir: Path) -> pl.LightningModule:
-    """Rebuild a stage's module from a run's config and load its checkpoint."""
+    """Rebuild a stage's module from a run's config and load its checkpoint (a file,
+    or a sharded run's directory: the one function that gathers a sharded model's
+    state into a single-process model, for evaluation and export)."""
     module = build_stage(stage, cfg, schema)
     ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt}: no checkpoint for stage {stage!r} in this run")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    if is_sharded_checkpoint(ckpt):  # a sharded run's: its tables gathered into one process
+        load_model_state(module, ckpt)
+    else:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
     return module.eval()
 
 

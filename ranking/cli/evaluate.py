@@ -21,6 +21,7 @@ from ranking.data.errors import main_guard
 from ranking.pipeline import (
     load_stage,
     make_trainer,
+    single_process,
     stage_datamodule,
     test_metrics,
     write_metrics,
@@ -35,6 +36,7 @@ OWN_KEYS = ("run", "data_path", "stages")
 @main_guard
 def main(cfg: DictConfig) -> None:
     run_dir, run_cfg = run_config(cfg.run, cfg.data_path)
+    run_cfg = single_process(run_cfg)  # a sharded run's checkpoints load into one process
     changed = {k: v for k, v in cfg.items() if k not in OWN_KEYS}  # +key=value overrides
     if changed:
         run_cfg = OmegaConf.merge(run_cfg, changed)

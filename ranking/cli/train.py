@@ -15,7 +15,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from ranking.cli import CONFIG_PATH
 from ranking.data.errors import GUARDED, main_guard
-from ranking.pipeline import check_stages, export_run, prepare_dataset, train_stage, write_metrics
+from ranking.lit.sharding import is_lead_process
+from ranking.pipeline import (
+    check_sharding,
+    check_stages,
+    export_run,
+    load_stage,
+    prepare_dataset,
+    sharded,
+    train_stage,
+    write_metrics,
+)
 from ranking.schema import Schema
 from ranking.serving.index import index_metrics
 from ranking.sweep import (
@@ -39,9 +49,12 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
     check_stages(cfg, schema)
     # a sweep needs its objective; a single run only checks one it was given
     needed = _in_sweep()
+    check_sharding(cfg, needed)
     if needed or OmegaConf.select(cfg, "objective.metric", default=None):
         check_objective(cfg)
-    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled)
+    # a sharded run's other processes train and evaluate; rank 0 records and exports
+    lead = is_lead_process()
+    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, cfg.mlflow.enabled and lead)
     metrics: dict[str, float] = {}
     modules = {}
     registered = None
@@ -56,14 +69,19 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
             if stage in cfg.stages:
                 modules[stage], stage_metrics = train_stage(stage, cfg, data_dir, tracker, run_dir)
                 metrics.update(stage_metrics)
+        if not lead:
+            return metrics, float("nan")
         tracker.log_metrics(metrics)
         write_metrics(run_dir / "metrics.json", metrics)
         if "export" in cfg.stages:
+            exported = modules
+            if sharded(cfg):  # the sharded checkpoints, gathered into one process
+                exported = {s: load_stage(s, cfg, schema, run_dir) for s in modules}
             bundle = export_run(
                 cfg,
                 data_dir,
-                modules["retrieval"],
-                modules.get("ranking"),
+                exported["retrieval"],
+                exported.get("ranking"),
                 run_dir / "bundle",
                 metrics,
                 run_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,9 @@ class Batch:
         item_ids: int64 [B] item id.
         oracle: per task: float32 [B] true probability (synthetic data only).
         time: int64 [B] event time of each row (None for corpus batches).
+        padding: True for a repeated batch that only keeps sharded ranks in step
+            (:class:`~ranking.lit.sharding.EvenBatches`): it runs through the model,
+            no metric counts it.
     """
 
     sparse: KeyedJaggedTensor
@@ -32,6 +36,7 @@ class Batch:
     item_ids: torch.Tensor
     oracle: dict[str, torch.Tensor] = field(default_factory=dict)
     time: torch.Tensor | None = None
+    padding: bool = False
 
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
@@ -46,4 +51,9 @@ class Batch:
             item_ids=self.item_ids.to(device, non_blocking=non_blocking),
             oracle=mv(self.oracle),
             time=None if self.time is None else self.time.to(device, non_blocking=non_blocking),
+            padding=self.padding,
         )
+
+    def padded(self) -> Batch:
+        """This batch flagged as padding (same tensors)."""
+        return dataclasses.replace(self, padding=True)

@@ -30,6 +30,7 @@ from ranking.data.dataset import (
     RecDataLoader,
     UserSnapshotDataset,
 )
+from ranking.data.even_batches import EvenBatches
 from ranking.data.stats import DenseStats, compute_dense_stats
 from ranking.schema import Schema
 
@@ -159,14 +160,19 @@ class RecDataModule(pl.LightningDataModule):
         assert self.schema is not None and self.converter is not None
         return self.schema, self.converter
 
-    def _loader(self, dataset: Any, epoch_fn: Any = None) -> RecDataLoader:
-        return RecDataLoader(
+    def _loader(
+        self, dataset: Any, epoch_fn: Any = None, even: str = "pad"
+    ) -> RecDataLoader | EvenBatches:
+        """A loader over ``dataset``; with more than one rank, one that yields the same
+        number of batches on each (``even``: "truncate" for train, "pad" else)."""
+        loader = RecDataLoader(
             dataset,
             num_workers=self.num_workers,
             epoch_fn=epoch_fn,
             persistent_workers=self.persistent_workers,
             pin_memory=self.pin_memory,
         )
+        return EvenBatches(loader, even) if dataset.world_size > 1 else loader
 
     def split_dataset(
         self,
@@ -207,7 +213,7 @@ class RecDataModule(pl.LightningDataModule):
             self.train_group_by,
             self.train_positive_groups_only,
         )
-        return self._loader(ds, epoch_fn=self.current_epoch)
+        return self._loader(ds, epoch_fn=self.current_epoch, even="truncate")
 
     def val_dataloader(self) -> RecDataLoader:
         return self._loader(self.split_dataset("valid", False, self.eval_batch_size))

@@ -682,13 +682,19 @@ class ParquetIterableDataset(IterableDataset, _Distributed):
     def __len__(self) -> int:
         """Batches this rank yields per epoch (exact when ``loader_workers`` matches the loader)."""
         self.resolve_distributed()
+        return self.rank_lengths()[self.rank]
+
+    def rank_lengths(self) -> list[int]:
+        """Batches each rank yields per epoch (``len`` on every rank, computed here)."""
         w = max(1, self.loader_workers)
         limit = self._batch_limit(self.loader_workers)
         if limit is not None:
-            return limit * w
+            return [limit * w] * self.world_size
         sizes = part_sizes(self.num_rows, self._num_parts(self.loader_workers))
-        mine = sizes[self.rank * w : (self.rank + 1) * w]
-        return sum(math.ceil(n / self.batch_size) for n in mine)
+        return [
+            sum(math.ceil(n / self.batch_size) for n in sizes[r * w : (r + 1) * w])
+            for r in range(self.world_size)
+        ]
 
     # ---- iteration ---------------------------------------------------------------
     def _windows(self, pieces: list[tuple[int, int, int]]) -> Iterator[pa.Table]:

@@ -14,6 +14,11 @@ fused optimiser's state (e.g. one Adagrad accumulator per table row) lives
 inside fbgemm's kernel, so :meth:`FusedTables.on_save_checkpoint` adds it under
 ``"sparse_optimizer"`` and :meth:`FusedTables.on_load_checkpoint` copies it
 back. Resuming from ``last.ckpt`` continues exactly where the run stopped.
+
+Sharding (:class:`~ranking.lit.sharding.TorchrecStrategy`): ``configure_model``
+wraps the model in torchrec's DistributedModelParallel, which shards its tables
+in place; the training step runs through that wrapper (:attr:`FusedTables.net`),
+so the dense gradients are all-reduced across ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 
 from ranking.lit.schedule import WarmupSchedule
+from ranking.modules.fused_embedding import fused_optimizer
 
 SPARSE_STATE_KEY = "sparse_optimizer"
 
@@ -48,10 +54,35 @@ class FusedTables(pl.LightningModule):
         self.schedule_options = dict(schedule) if schedule else None
         self.schedule: WarmupSchedule | None = None
         self.sparse_lr = (
-            float(self.model.sparse.fused_optimizer().param_groups[0]["lr"])
+            float(fused_optimizer(self.model.sparse).param_groups[0]["lr"])
             if self.model.fused
             else None
         )
+        self.__dict__["_sharded"] = None  # the DMP wrapper, kept out of the module tree
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """What the training step calls: the DMP wrapper when sharded, else the model."""
+        return self._sharded if self._sharded is not None else self.model
+
+    @property
+    def sharded(self) -> bool:
+        return self._sharded is not None
+
+    def configure_model(self) -> None:
+        from ranking.lit.sharding import TorchrecStrategy
+
+        trainer = self._trainer
+        if self._sharded is None and isinstance(
+            getattr(trainer, "strategy", None), TorchrecStrategy
+        ):
+            if not self.model.fused:
+                raise ValueError(
+                    "sharded training needs fused tables (conf/optimizer/fused*.yaml): a "
+                    "stage optimizer without `sparse` (e.g. adam) updates dense table "
+                    "gradients, which DistributedModelParallel does not produce"
+                )
+            self.__dict__["_sharded"] = trainer.strategy.shard(self.model)
 
     def dense_parameters(self) -> list[torch.nn.Parameter]:
         """Every parameter except the fused tables' (their optimiser is their own)."""
@@ -80,15 +111,15 @@ class FusedTables(pl.LightningModule):
         if self.sparse_lr is None:
             return
         factor = self.schedule(self.global_step) if self.schedule is not None else 1.0
-        fused = self.model.sparse.fused_optimizer()
+        fused = fused_optimizer(self.model.sparse)
         for group in fused.param_groups:
             group["lr"] = self.sparse_lr * factor
         fused.step()  # a fused "step" only hands the learning rate to the kernel
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model.fused:
-            checkpoint[SPARSE_STATE_KEY] = self.model.sparse.fused_optimizer().state_dict()
+            checkpoint[SPARSE_STATE_KEY] = fused_optimizer(self.model.sparse).state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model.fused and SPARSE_STATE_KEY in checkpoint:
-            self.model.sparse.fused_optimizer().load_state_dict(checkpoint[SPARSE_STATE_KEY])
+            fused_optimizer(self.model.sparse).load_state_dict(checkpoint[SPARSE_STATE_KEY])

@@ -10,6 +10,7 @@ import torch
 
 from ranking.data.batch import Batch
 from ranking.lit.fused_tables import FusedTables
+from ranking.lit.sharding import all_ranks_sum, gathered
 from ranking.lit.slices import present_slices
 from ranking.metrics.ranking import RankingMetrics
 from ranking.models.dlrm import DLRM
@@ -28,7 +29,8 @@ class RankingModule(FusedTables):
     Adagrad), which Lightning does not see. The warm-up/decay schedule scales
     both learning rates by the same factor of the global step. Checkpoints hold
     the fused optimiser's state too, so resuming from ``last.ckpt`` continues
-    exactly where the run stopped.
+    exactly where the run stopped. With more than one rank, each evaluates its
+    part of the rows and the metrics are computed over all of them (gathered).
 
     Args:
         model: the ranker.
@@ -59,8 +61,10 @@ class RankingModule(FusedTables):
         self.last_metrics: dict[str, float] = {}
 
     # ---- steps -------------------------------------------------------------------
-    def _step(self, batch: Batch, stage: str) -> torch.Tensor:
-        logits = self.model(batch)
+    def _step(self, batch: Batch, stage: str) -> torch.Tensor | None:
+        logits = self.net(batch)
+        if batch.padding:  # ran only to keep sharded ranks in step
+            return None
         loss, per_task = self.task.loss(logits, batch.labels)
         size = len(batch)
         self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=stage == "train")
@@ -77,7 +81,7 @@ class RankingModule(FusedTables):
         return self._step(batch, "train")
 
     def _eval_end(self, stage: str) -> None:
-        logged = {f"{stage}/{k}": v for k, v in self.metrics.compute().items()}
+        logged = {f"{stage}/{k}": v for k, v in gathered(self.metrics).compute().items()}
         self.log_dict(logged)
         if not self.trainer.sanity_checking:  # the 2-batch check before training is no result
             self.last_metrics.update(logged)
@@ -113,9 +117,11 @@ class RankingModule(FusedTables):
             metrics, rows = RankingMetrics(self.task.tasks), 0
             for batch in dm.slice_dataloader("test", column, value):
                 batch = batch.to(self.device)
-                probs = self.task.probabilities(self.model(batch))
-                metrics.update(probs, batch.labels, batch.oracle, batch.user_ids)
-                rows += len(batch)
+                probs = self.task.probabilities(self.net(batch))
+                if not batch.padding:
+                    metrics.update(probs, batch.labels, batch.oracle, batch.user_ids)
+                    rows += len(batch)
+            metrics, rows = gathered(metrics), all_ranks_sum(rows)
             if not rows:
                 log.warning(
                     "ranking: the slice %s (%s == %s) holds no test row; its metrics are "

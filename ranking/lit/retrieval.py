@@ -17,6 +17,7 @@ from ranking.data.batch import Batch
 from ranking.data.corpus_sampler import CorpusSampler
 from ranking.data.retrieval_stats import ItemCounts, item_counts
 from ranking.lit.fused_tables import FusedTables
+from ranking.lit.sharding import gathered, gathered_pairs
 from ranking.lit.slices import present_slices
 from ranking.metrics.decile_plot import log_decile_figure
 from ranking.metrics.retrieval import FullCorpusEvaluator, Reference, RetrievalReport
@@ -156,7 +157,7 @@ class RetrievalModule(FusedTables):
     # ---- training -------------------------------------------------------------------
     def _step(self, batch: Batch, stage: str) -> torch.Tensor:
         keep = self.task.positives(batch.labels)
-        user, item = self.model(batch)
+        user, item = self.net(batch)
         ids = batch.item_ids[keep]
         self.task.observe(ids)
         negatives: dict[str, torch.Tensor] = {}
@@ -213,6 +214,8 @@ class RetrievalModule(FusedTables):
 
     def _eval_step(self, batch: Batch) -> None:
         user = self.model.encode_users(batch)
+        if batch.padding:  # ran only to keep sharded ranks in step
+            return
         positive = self.task.positives(batch.labels)
         self.evaluator.update(batch.user_ids, batch.time, user, batch.item_ids, positive)
 
@@ -285,6 +288,7 @@ class RetrievalModule(FusedTables):
         log_decile_figure(logger.experiment, logger.run_id, table, stage, f"{name}.png")
 
     def _eval_end(self, stage: str) -> None:
+        self.evaluator = gathered(self.evaluator)
         items, ids = self.corpus_embeddings()
         reference = self._reference(self.trainer.datamodule) if self.oracle_valid else None
         self._report(stage, self._evaluate(self.evaluator, items, ids, reference, split=stage))
@@ -306,6 +310,7 @@ class RetrievalModule(FusedTables):
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
+        self.evaluator = gathered(self.evaluator)
         items, ids = self.corpus_embeddings()
         dm = self.trainer.datamodule
         reference = self._reference(dm)
@@ -313,8 +318,11 @@ class RetrievalModule(FusedTables):
         for stage, column, value in present_slices(dm.schema, "test", self.slices, "retrieval"):
             evaluator = self.evaluator.sharing_queries()
             for batch in dm.slice_dataloader("test", column, value):
+                if batch.padding:
+                    continue
                 keep = self.task.positives(batch.labels)
                 evaluator.add_positives(batch.user_ids[keep], batch.item_ids[keep])
+            evaluator.pairs = gathered_pairs(evaluator.pairs)
             if not sum(len(p) for p in evaluator.pairs):
                 log.warning(
                     "retrieval: the slice %s (%s == %s) holds no positive test row; "

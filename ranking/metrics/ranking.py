@@ -180,6 +180,25 @@ class RankingMetrics:
             self.users.add(user_ids)
         self.count += int(probs.shape[0])
 
+    @classmethod
+    def merged(cls, parts: list[RankingMetrics]) -> RankingMetrics:
+        """One accumulator holding the rows of all ``parts`` (e.g. one per rank), in order."""
+        out = cls(parts[0].tasks)
+        for part in parts:
+            for t in out.tasks:
+                for mine, theirs in (
+                    (out.scores, part.scores),
+                    (out.labels, part.labels),
+                    (out.oracle, part.oracle),
+                ):
+                    mine[t].chunks += theirs[t].chunks
+                out.loss_sum[t] += part.loss_sum[t]
+                out.prob_sum[t] += part.prob_sum[t]
+                out.label_sum[t] += part.label_sum[t]
+            out.users.chunks += part.users.chunks
+            out.count += part.count
+        return out
+
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
         n = max(self.count, 1)

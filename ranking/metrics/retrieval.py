@@ -489,6 +489,21 @@ class FullCorpusEvaluator:
         pos = positive.cpu().numpy().astype(bool)
         self.pairs.append(np.stack([u[pos], item_ids.cpu().numpy()[pos]], axis=1))
 
+    @classmethod
+    def merged(cls, parts: list[FullCorpusEvaluator]) -> FullCorpusEvaluator:
+        """One evaluator over the rows of all ``parts`` (e.g. one per rank): each user's
+        query is that of their earliest row in any part (the first part's on a tie)."""
+        out = cls.__new__(cls)
+        out.first_ts, out.queries = parts[0].first_ts.copy(), parts[0].queries.copy()
+        out.pairs, out.span = list(parts[0].pairs), list(parts[0].span)
+        for part in parts[1:]:
+            earlier = part.first_ts < out.first_ts
+            out.first_ts[earlier] = part.first_ts[earlier]
+            out.queries[earlier] = part.queries[earlier]
+            out.pairs += part.pairs
+            out.span = [min(out.span[0], part.span[0]), max(out.span[1], part.span[1])]
+        return out
+
     def add_positives(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> None:
         """Positive (user, item) pairs only, for an evaluator whose queries come from
         another one (:meth:`sharing_queries`). Args: user_ids [B], item_ids [B]."""

@@ -221,4 +221,13 @@ def split_positions(
 
 
 def is_fused(sparse: torch.nn.Module) -> bool:
-    return isinstance(sparse, FusedEmbeddingBagCollection)
+    """True for tables that carry their optimiser: a FusedEmbeddingBagCollection,
+    also once DistributedModelParallel has sharded it."""
+    return isinstance(sparse, FusedEmbeddingBagCollection) or hasattr(sparse, "fused_optimizer")
+
+
+def fused_optimizer(sparse: torch.nn.Module) -> Any:
+    """The tables' fused optimiser (a torchrec KeyedOptimizer): a method of the
+    fused collection, a property of its sharded version."""
+    opt = sparse.fused_optimizer
+    return opt() if callable(opt) else opt
