@@ -65,10 +65,6 @@ class FusedTables(pl.LightningModule):
         """What the training step calls: the DMP wrapper when sharded, else the model."""
         return self._sharded if self._sharded is not None else self.model
 
-    @property
-    def sharded(self) -> bool:
-        return self._sharded is not None
-
     def configure_model(self) -> None:
         from ranking.lit.sharding import TorchrecStrategy
 

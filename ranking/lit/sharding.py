@@ -6,8 +6,9 @@ wrap the LightningModule in DDP: the module's ``configure_model`` hands its
 model to :meth:`TorchrecStrategy.shard`, which builds a
 :class:`~torchrec.distributed.DistributedModelParallel` over it. DMP replaces
 the model's embedding collection in place by its sharded version (each table
-table-wise on one rank, row-wise or column-wise split across ranks, or
-replicated: ``data_parallel``) and wraps the rest in DDP itself, so the dense
+table-wise on one rank or column-wise split across ranks; torchrec offers
+row-wise and replicated ``data_parallel`` tables on CUDA, see
+:func:`table_constraints`) and wraps the rest in DDP itself, so the dense
 gradients are all-reduced and the tables' fused optimiser runs on each shard.
 The training step calls the DMP wrapper (:attr:`FusedTables.net`); evaluation
 code may call the model's own methods (every rank calls them equally often).
@@ -15,10 +16,11 @@ code may call the model's own methods (every rank calls them equally often).
 Lockstep: every forward through a sharded table is a collective (the ids go to
 the ranks holding their rows), so every rank must run the same number of
 batches. :class:`~ranking.data.even_batches.EvenBatches` (used by the data
-module whenever there is more than one rank) truncates the train loaders to the shortest
-rank's batch count and pads evaluation loaders to the longest one's with
-copies flagged ``Batch.padding`` (no metric counts them), so nothing is dropped
-from evaluation and nothing waits forever.
+module whenever there is more than one rank) truncates the train loaders to the
+shortest rank's batch count and pads evaluation loaders to the longest one's
+with copies flagged ``Batch.padding`` (no metric counts them), so nothing is
+dropped from evaluation and nothing waits forever. Evaluation metrics are then
+gathered over the ranks (:func:`gathered`): each rank read its part of the rows.
 
 Checkpoints (:func:`save_sharded_checkpoint`): a directory, not a file. The
 model's state (sharded tables as ShardedTensors) and the fused optimiser's go
@@ -86,6 +88,8 @@ class TorchrecStrategy(DDPStrategy):
         from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
         from torchrec.distributed.types import ShardingEnv
 
+        # its first forward logs every batch feature a module does not look up
+        logging.getLogger("torchrec.sparse.jagged_tensor_validator").setLevel(logging.WARNING)
         sharders = [FusedEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder()]
         device = self.root_device
         topology = Topology(
@@ -212,8 +216,10 @@ def save_sharded_checkpoint(checkpoint: dict[str, Any], path: Path, rank: int) -
     called on every rank."""
     import torch.distributed.checkpoint as dcp
 
-    if rank == 0 and path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if rank == 0 and path.is_dir():
+        shutil.rmtree(path)
+    elif rank == 0 and path.exists():
+        path.unlink()
     dist.barrier()
     dcp.save({k: checkpoint[k] for k in SHARDED_KEYS if k in checkpoint}, checkpoint_id=str(path))
     if rank == 0:
@@ -231,16 +237,19 @@ def load_model_state(module: torch.nn.Module, path: Path) -> None:
     import torch.distributed.checkpoint as dcp
 
     state = {"state_dict": module.state_dict()}
-    dcp.load(
-        state, checkpoint_id=str(path), no_dist=True
-    )  # this process alone, whatever group exists
+    # no_dist: this process alone, even where a process group exists (rank 0 of a run)
+    dcp.load(state, checkpoint_id=str(path), no_dist=True)
     module.load_state_dict(state["state_dict"])
+
+
+def _several_ranks() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gathered(metrics: Any) -> Any:
     """``metrics`` (an accumulator with ``merged``) over every rank's rows: each rank
     evaluated its own part of the split. Itself when there is one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several_ranks():
         return metrics
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, metrics)
@@ -249,7 +258,7 @@ def gathered(metrics: Any) -> Any:
 
 def all_ranks_sum(value: int) -> int:
     """``value`` summed over ranks (itself in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several_ranks():
         return value
     total = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(total)
@@ -258,7 +267,7 @@ def all_ranks_sum(value: int) -> int:
 
 def gathered_pairs(pairs: list[Any]) -> list[Any]:
     """Every rank's list of (user, item) pair arrays, concatenated (itself in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several_ranks():
         return pairs
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, pairs)
