@@ -284,11 +284,6 @@ def check_sharding(cfg: DictConfig, in_sweep: bool) -> None:
     """Refuse, before training, what a sharded run cannot do (yet)."""
     if not sharded(cfg):
         return
-    if cfg.get("resume"):
-        raise ConfigError(
-            f"resume={cfg.resume}: resuming a sharded run (trainer.sharding) is not supported "
-            "yet; start it afresh"
-        )
     if in_sweep:
         raise ConfigError("a sweep (ranking-train -m) cannot run sharded jobs (trainer.sharding)")
     for stage in ("retrieval", "ranking"):
@@ -309,7 +304,15 @@ def resume_checkpoint(cfg: DictConfig, stage: str) -> Path | None:
     if not Path(run).is_dir():
         raise FileNotFoundError(f"resume={run}: no such run directory")
     last = Path(run) / "checkpoints" / stage / "last.ckpt"
-    return last if last.exists() else None
+    if not last.exists():
+        return None
+    if is_sharded_checkpoint(last) != sharded(cfg):
+        kind = "sharded" if is_sharded_checkpoint(last) else "one-process"
+        raise ConfigError(
+            f"resume={run}: its {stage} checkpoint is {kind}; resume it with the trainer that "
+            "wrote it (trainer.sharding set for a sharded run, unset otherwise)"
+        )
+    return last
 
 
 def train_stage(

@@ -19,7 +19,7 @@ from ranking.data.even_batches import EvenBatches
 from ranking.lit.sharding import TorchrecStrategy, table_constraints
 from ranking.metrics.ranking import RankingMetrics
 from ranking.metrics.retrieval import FullCorpusEvaluator
-from ranking.pipeline import check_sharding, single_process
+from ranking.pipeline import check_sharding, resume_checkpoint, single_process
 from tests.conftest import TINY_WORLD, compose_train, tiny_overrides
 
 BIN = Path(sys.executable).parent
@@ -134,8 +134,6 @@ def test_retrieval_evaluator_merged_over_ranks_equals_one_pass():
 def test_sharded_runs_refuse_what_they_cannot_do(tiny_dataset, tmp_path):
     base = [*tiny_overrides(tiny_dataset), "trainer=cpu_sharded"]
     check_sharding(compose_train(base), in_sweep=False)
-    with pytest.raises(ConfigError, match="resuming a sharded run"):
-        check_sharding(compose_train([*base, f"resume={tmp_path}"]), in_sweep=False)
     with pytest.raises(ConfigError, match="sweep"):
         check_sharding(compose_train(base), in_sweep=True)
     with pytest.raises(ConfigError, match="ranking: sharded training needs fused tables"):
@@ -170,6 +168,21 @@ def _cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+SHARDED = [
+    "trainer=cpu_sharded",
+    "trainer.sharding.types={item_id:column_wise}",
+    "data.path=ds",
+    "retrieval.epochs=1",
+    "data.batch_size=256",
+    "data.eval_batch_size=512",
+    "trainer.enable_progress_bar=false",
+    "+trainer.num_sanity_val_steps=0",
+    # a schedule that does not depend on the total step count, so the first epoch of
+    # a one-epoch run is that of a two-epoch run (the resume test)
+    "ranking.optimizer.schedule.decay=constant",
+]
+
+
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
     """`ranking-train trainer=cpu_sharded`: two processes over gloo, item_id split
@@ -179,18 +192,7 @@ def sharded_run(tmp_path_factory):
         "ranking-data", "out=ds", *[f"world.{k}={v}" for k, v in TINY_WORLD.items()], cwd=work
     )
     assert made.returncode == 0, made.stderr[-3000:]
-    trained = _cli(
-        "ranking-train",
-        "trainer=cpu_sharded",
-        "trainer.sharding.types={item_id:column_wise}",
-        "data.path=ds",
-        "retrieval.epochs=1",
-        "ranking.epochs=1",
-        "data.batch_size=256",
-        "data.eval_batch_size=512",
-        "trainer.enable_progress_bar=false",
-        cwd=work,
-    )
+    trained = _cli("ranking-train", *SHARDED, "ranking.epochs=1", cwd=work)
     assert trained.returncode == 0, trained.stderr[-3000:]
     return work, (work / "runs" / "latest").resolve(), trained.stdout + trained.stderr
 
@@ -239,3 +241,36 @@ def test_sharded_metrics_equal_one_process_evaluation_of_the_checkpoints(sharded
     assert len(again) > 40 and set(again) <= set(trained)
     for k, v in again.items():
         assert v == pytest.approx(trained[k], rel=1e-9, abs=1e-12, nan_ok=True), k
+
+
+@pytest.mark.slow
+def test_sharded_run_resumed_from_its_checkpoint_matches_an_uninterrupted_one(sharded_run):
+    """The one-epoch run stands for a run killed after its first ranking epoch:
+    resumed to two epochs (each rank reading its shards and the fused optimiser's
+    state back), it ends where a two-epoch run of the same seed ends."""
+    work, killed, _ = sharded_run
+    common = [*SHARDED, "ranking.epochs=2", "mlflow.enabled=false"]
+    full = _cli(
+        "ranking-train", *common, "stages=[retrieval,ranking]", "hydra.run.dir=full", cwd=work
+    )
+    assert full.returncode == 0, full.stderr[-3000:]
+    resumed = _cli(
+        "ranking-train",
+        *common,
+        "stages=[ranking]",
+        f"resume={killed}",
+        "hydra.run.dir=resumed",
+        cwd=work,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = json.loads((work / "full" / "metrics.json").read_text())
+    got = json.loads((work / "resumed" / "metrics.json").read_text())
+    first = json.loads((killed / "metrics.json").read_text())
+    ranker = [k for k in got if k.startswith("test/")]
+    assert "test/auc/click" in ranker and got["test/auc/click"] != first["test/auc/click"]
+    for k in ranker:
+        assert got[k] == pytest.approx(want[k], abs=1e-6, nan_ok=True), k
+    # a sharded checkpoint does not resume under a one-process trainer
+    one = compose_train([f"resume={killed}", f"data.path={work / 'ds'}"])
+    with pytest.raises(ConfigError, match="its ranking checkpoint is sharded"):
+        resume_checkpoint(one, "ranking")

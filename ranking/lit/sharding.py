@@ -26,10 +26,11 @@ Checkpoints (:func:`save_sharded_checkpoint`): a directory, not a file. The
 model's state (sharded tables as ShardedTensors) and the fused optimiser's go
 through ``torch.distributed.checkpoint`` (each rank writes its own shards);
 the rest of Lightning's checkpoint (dense optimiser, loops, epoch) is
-replicated and rank 0 writes it as ``meta.pt``. :func:`load_model_state` reads
-such a directory into an unsharded model in a single process (DCP reshards on
-load): how ``ranking-eval`` and ``ranking-export`` get a single-machine model out
-of a sharded run.
+replicated and rank 0 writes it as ``meta.pt``. ``resume=`` reads it back into
+the sharded model (:meth:`TorchrecStrategy.load_checkpoint`);
+:func:`load_model_state` reads it into an unsharded model in a single process
+(DCP reshards on load): how ``ranking-eval`` and ``ranking-export`` get a
+single-machine model out of a sharded run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 
 from ranking.lit.fused_tables import SPARSE_STATE_KEY
+from ranking.modules.fused_embedding import fused_optimizer
 
 log = logging.getLogger("ranking")
 
@@ -142,9 +144,23 @@ class TorchrecStrategy(DDPStrategy):
             shutil.rmtree(filepath, ignore_errors=True)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
-        raise NotImplementedError(
-            f"{checkpoint_path}: resuming a sharded run is not supported yet; start it afresh"
-        )
+        """Resume: every rank reads its shards into the sharded model's own tensors
+        (the model was sharded in ``configure_model``, before Lightning restores)."""
+        import torch.distributed.checkpoint as dcp
+
+        path = Path(checkpoint_path)
+        if not is_sharded_checkpoint(path):
+            raise ValueError(
+                f"{path}: not a sharded checkpoint directory (a sharded run resumes from a "
+                "sharded run's checkpoints)"
+            )
+        module = self.lightning_module
+        state: dict[str, Any] = {"state_dict": module.state_dict()}
+        if module.model.fused:
+            state[SPARSE_STATE_KEY] = fused_optimizer(module.model.sparse).state_dict()
+        dcp.load(state, checkpoint_id=str(path))
+        meta = torch.load(path / META_FILE, map_location="cpu", weights_only=False)
+        return {**meta, **state}
 
 
 def table_constraints(
