@@ -84,27 +84,9 @@ class TorchrecStrategy(DDPStrategy):
     # ---- the model -----------------------------------------------------------------
     def shard(self, model: torch.nn.Module) -> torch.nn.Module:
         """DMP over ``model`` (its embedding collections sharded in place)."""
-        from torchrec.distributed import DistributedModelParallel
-        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-        from torchrec.distributed.fused_embeddingbag import FusedEmbeddingBagCollectionSharder
-        from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-        from torchrec.distributed.types import ShardingEnv
-
-        # its first forward logs every batch feature a module does not look up
-        logging.getLogger("torchrec.sparse.jagged_tensor_validator").setLevel(logging.WARNING)
-        sharders = [FusedEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder()]
-        device = self.root_device
-        topology = Topology(
-            world_size=self.world_size,
-            compute_device=device.type,
-            local_world_size=self.num_processes,
+        dmp, self.placements = shard_model(
+            model, self.sharding_types, self.root_device, self.num_processes
         )
-        dims = {c.name: c.embedding_dim for c in model.sparse.embedding_bag_configs()}
-        constraints = table_constraints(dims, self.sharding_types, device.type, self.world_size)
-        planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-        group = dist.group.WORLD
-        plan = planner.collective_plan(model, sharders, group)
-        self.placements = placements(plan)
         if self.is_global_zero:
             log.info(
                 "sharding: %s",
@@ -112,13 +94,7 @@ class TorchrecStrategy(DDPStrategy):
                     f"{t} {kind} on ranks {ranks}" for t, (kind, ranks) in self.placements.items()
                 ),
             )
-        return DistributedModelParallel(
-            model,
-            env=ShardingEnv.from_process_group(group),
-            device=device,
-            plan=plan,
-            sharders=sharders,
-        )
+        return dmp
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model  # DMP (built in configure_model) already syncs the dense gradients
@@ -161,6 +137,59 @@ class TorchrecStrategy(DDPStrategy):
         dcp.load(state, checkpoint_id=str(path))
         meta = torch.load(path / META_FILE, map_location="cpu", weights_only=False)
         return {**meta, **state}
+
+
+def shard_model(
+    model: torch.nn.Module,
+    types: str | dict[str, str] | None,
+    device: torch.device,
+    local_world_size: int,
+) -> tuple[torch.nn.Module, dict[str, tuple[str, list[int]]]]:
+    """(DMP over ``model``, table -> (sharding type, ranks)) in the current process
+    group; ``types`` as :class:`TorchrecStrategy`'s ``sharding_types``."""
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.fused_embeddingbag import FusedEmbeddingBagCollectionSharder
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.types import ShardingEnv
+
+    # its first forward logs every batch feature a module does not look up
+    logging.getLogger("torchrec.sparse.jagged_tensor_validator").setLevel(logging.WARNING)
+    sharders = [FusedEmbeddingBagCollectionSharder(), EmbeddingBagCollectionSharder()]
+    group = dist.group.WORLD
+    world_size = dist.get_world_size(group)
+    topology = Topology(
+        world_size=world_size, compute_device=device.type, local_world_size=local_world_size
+    )
+    dims = {c.name: c.embedding_dim for c in model.sparse.embedding_bag_configs()}
+    constraints = table_constraints(dims, types, device.type, world_size)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    plan = planner.collective_plan(model, sharders, group)
+    initial = {k: v.detach().clone() for k, v in model.sparse.state_dict().items()}
+    dmp = DistributedModelParallel(
+        model,
+        env=ShardingEnv.from_process_group(group),
+        device=device,
+        plan=plan,
+        sharders=sharders,
+    )
+    copy_into_shards(model.sparse, initial)
+    return dmp, placements(plan)
+
+
+def copy_into_shards(sharded: torch.nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Write the full tables ``full`` (state-dict key -> [rows, dim]) into this rank's
+    shards of ``sharded``. DMP builds its shards with fresh weights; this keeps the
+    model's own initialisation, so a sharded run starts where one process starts."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    with torch.no_grad():
+        for key, value in sharded.state_dict().items():
+            if not isinstance(value, ShardedTensor):
+                continue
+            for shard in value.local_shards():
+                (r, c), (h, w) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                shard.tensor.copy_(full[key][r : r + h, c : c + w])
 
 
 def table_constraints(
