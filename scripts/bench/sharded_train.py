@@ -182,9 +182,7 @@ def main() -> None:
         abs(a - b)
         for r in per_rank
         for rep in range(args.repeats)
-        for a, b in zip(
-            r["results"][names[0]][rep][0], r["results"][names[1]][rep][0], strict=True
-        )
+        for a, b in zip(r["results"][names[0]][rep][0], r["results"][names[1]][rep][0], strict=True)
     )
     first = [r["results"][names[1]][0][0] for r in per_rank]
 
