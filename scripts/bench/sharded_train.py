@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,8 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ranking.cli import CONFIG_PATH  # noqa: E402
-from scripts.bench.machine import cpu_model  # noqa: E402
+from scripts.bench.machine import cpu_model, print_ratio_table  # noqa: E402
+from scripts.bench.train_throughput import InMemory  # noqa: E402
 
 
 class Steps(pl.Callback):
@@ -56,17 +56,6 @@ class Steps(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.losses.append(float(outputs["loss"]))
         self.end = time.perf_counter()
-
-
-class InMemory:
-    def __init__(self, batches: list) -> None:
-        self.batches = batches
-
-    def __iter__(self):  # noqa: ANN204
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def _module(cfg, schema):  # noqa: ANN001, ANN202
@@ -196,16 +185,7 @@ def main() -> None:
         n: [rows / max(r["results"][n][rep][1] for r in per_rank) for rep in range(args.repeats)]
         for n in names
     }
-    raw = speed["raw DMP loop"]
-    print("\n| way | median rows/s (all ranks) | min - max | vs raw DMP loop (same repeat) |")
-    print("|---|---|---|---|")
-    for name, values in speed.items():
-        ratios = [v / b for v, b in zip(values, raw, strict=True)]
-        print(
-            f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f} - "
-            f"{max(values):,.0f} | x{statistics.median(ratios):.2f} "
-            f"({min(ratios):.2f} - {max(ratios):.2f}) |"
-        )
+    print_ratio_table(speed, "raw DMP loop", "median rows/s (all ranks)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from ranking.cli import CONFIG_PATH  # noqa: E402
 from ranking.pipeline import build_stage, stage_datamodule  # noqa: E402
-from scripts.bench.machine import cpu_model  # noqa: E402
+from scripts.bench.machine import cpu_model, print_ratio_table  # noqa: E402
 
 
 class StepClock(pl.Callback):
@@ -168,16 +167,7 @@ def main() -> None:
         for name, fn in ways.items():
             results[name].append(fn())
         print(f"repeat {r}: " + ", ".join(f"{v[-1]:,.0f}" for v in results.values()), flush=True)
-    raw = results["raw torchrec loop, batches in memory"]
-    print("\n| way | median rows/s | min - max | vs raw loop (same repeat): median (min - max) |")
-    print("|---|---|---|---|")
-    for name, values in results.items():
-        ratios = [v / b for v, b in zip(values, raw, strict=True)]
-        print(
-            f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f} - "
-            f"{max(values):,.0f} | x{statistics.median(ratios):.2f} "
-            f"({min(ratios):.2f} - {max(ratios):.2f}) |"
-        )
+    print_ratio_table(results, "raw torchrec loop, batches in memory", "median rows/s")
 
 
 if __name__ == "__main__":
