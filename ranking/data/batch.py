@@ -25,7 +25,7 @@ class Batch:
         oracle: per task: float32 [B] true probability (synthetic data only).
         time: int64 [B] event time of each row (None for corpus batches).
         padding: True for a repeated batch that only keeps sharded ranks in step
-            (:class:`~ranking.lit.sharding.EvenBatches`): it runs through the model,
+            (:class:`~ranking.data.even_batches.EvenBatches`): it runs through the model,
             no metric counts it.
     """
 

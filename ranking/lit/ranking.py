@@ -10,7 +10,7 @@ import torch
 
 from ranking.data.batch import Batch
 from ranking.lit.fused_tables import FusedTables
-from ranking.lit.sharding import all_ranks_sum, gathered
+from ranking.lit.sharding import gathered
 from ranking.lit.slices import present_slices
 from ranking.metrics.ranking import RankingMetrics
 from ranking.models.dlrm import DLRM
@@ -114,15 +114,14 @@ class RankingModule(FusedTables):
         ``self.slices`` (a slice without rows is skipped with a log line)."""
         out = {}
         for stage, column, value in present_slices(dm.schema, "test", self.slices, "ranking"):
-            metrics, rows = RankingMetrics(self.task.tasks), 0
+            metrics = RankingMetrics(self.task.tasks)
             for batch in dm.slice_dataloader("test", column, value):
                 batch = batch.to(self.device)
                 probs = self.task.probabilities(self.net(batch))
                 if not batch.padding:
                     metrics.update(probs, batch.labels, batch.oracle, batch.user_ids)
-                    rows += len(batch)
-            metrics, rows = gathered(metrics), all_ranks_sum(rows)
-            if not rows:
+            metrics = gathered(metrics)  # every rank's rows
+            if not metrics.count:
                 log.warning(
                     "ranking: the slice %s (%s == %s) holds no test row; its metrics are "
                     "not reported",

@@ -301,15 +301,6 @@ def gathered(metrics: Any) -> Any:
     return type(metrics).merged(parts)
 
 
-def all_ranks_sum(value: int) -> int:
-    """``value`` summed over ranks (itself in one process)."""
-    if not _several_ranks():
-        return value
-    total = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(total)
-    return int(total.item())
-
-
 def gathered_pairs(pairs: list[Any]) -> list[Any]:
     """Every rank's list of (user, item) pair arrays, concatenated (itself in one process)."""
     if not _several_ranks():
