@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ranking.data import id_activity
 from ranking.data.datamodule import RecDataModule
 from ranking.data.errors import ConfigError, DataError
 from ranking.data.files import csv_column_types, iter_record_batches
@@ -30,6 +31,7 @@ from ranking.serving.artifacts import aoti_artifacts
 from ranking.serving.export import export_bundle
 from ranking.tasks.retrieval import RetrievalTask
 from ranking.tracking import StageLogger, Tracker
+from ranking.warm_start import earlier_state, expiry, warm_start
 
 log = logging.getLogger("ranking")
 
@@ -315,12 +317,78 @@ def resume_checkpoint(cfg: DictConfig, stage: str) -> Path | None:
     return last
 
 
+def warm_start_run(cfg: DictConfig) -> Path | None:
+    """``warm_start.run``: the earlier run every stage starts from (None: from scratch)."""
+    run = OmegaConf.select(cfg, "warm_start.run", default=None)
+    if not run:
+        return None
+    if not (Path(run) / "checkpoints").is_dir():
+        raise ConfigError(f"warm_start.run={run}: not a run directory (no checkpoints/ in it)")
+    return Path(run)
+
+
+def track_ids(cfg: DictConfig, schema: Schema, run_dir: Path, lead: bool) -> dict | None:
+    """When each table row was last looked up, over this run's train split and the
+    runs it warm-started from (``checkpoints/id_activity.npz``, what the next day's
+    ``warm_start.expire_after`` reads). Returns the rows that warm start resets
+    (table -> bool [earlier rows]), or None. Reads a validated train split."""
+    now = id_activity.last_seen(schema)
+    run = warm_start_run(cfg)
+    earlier_file = run / "checkpoints" / id_activity.ACTIVITY_FILE if run is not None else None
+    earlier = (
+        id_activity.load(earlier_file)
+        if earlier_file is not None and earlier_file.exists()
+        else None
+    )
+    expired = expiry(earlier, now, OmegaConf.select(cfg, "warm_start.expire_after", default=None))
+    state = id_activity.merged(earlier, now, expired) if earlier is not None else now
+    if lead:
+        id_activity.save(run_dir / "checkpoints" / id_activity.ACTIVITY_FILE, state)
+    return expired
+
+
+class IdTracking:
+    """:func:`track_ids` once per run, at its first stage (once the data module has
+    validated the split it reads)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, lead: bool) -> None:
+        self.cfg, self.run_dir, self.lead = cfg, run_dir, lead
+        self._expired: dict | None = None
+        self._done = False
+
+    def expired(self, schema: Schema) -> dict | None:
+        if not self._done:
+            self._expired = track_ids(self.cfg, schema, self.run_dir, self.lead)
+            self._done = True
+        return self._expired
+
+
 def train_stage(
-    stage: str, cfg: DictConfig, path: Path, tracker: Tracker, run_dir: Path
+    stage: str,
+    cfg: DictConfig,
+    path: Path,
+    tracker: Tracker,
+    run_dir: Path,
+    ids: IdTracking | None = None,
 ) -> tuple[pl.LightningModule, dict[str, float]]:
-    """Fit one stage, test it, save its checkpoint. Returns (module, test metrics)."""
+    """Fit one stage, test it, save its checkpoint. Returns (module, test metrics).
+
+    ``ids`` records the run's id activity. With ``warm_start.run`` the module
+    starts from that run's final model of the stage (:mod:`ranking.warm_start`),
+    the rows of expired ids reset."""
     dm = stage_datamodule(stage, cfg, path)
     module = build_stage(stage, cfg, dm.schema)
+    expired = ids.expired(dm.schema) if ids is not None else None
+    run = warm_start_run(cfg)
+    if run is not None:
+        report = warm_start(
+            module,
+            earlier_state(run / "checkpoints" / CHECKPOINTS[stage]),
+            dm.schema,
+            expired,
+            partial=bool(OmegaConf.select(cfg, "warm_start.partial", default=False)),
+        )
+        log.info("%s: warm start from %s: %s", stage, run, report.summary())
     with tracker.child(stage, dm.schema.name) as logger:
         trainer = make_trainer(cfg, cfg[stage].epochs, logger, run_dir, stage=stage)
         trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(cfg, stage))

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -209,6 +210,38 @@ def test_register_needs_the_export_stage_and_tracking(tiny_dataset):
         with pytest.raises(ConfigError, match="mlflow.register='m' registers the exported bundle"):
             check_stages(cfg, schema)
     check_stages(compose_train([f"data.path={tiny_dataset}", "mlflow.register=m"]), schema)
+
+
+@pytest.mark.slow
+def test_next_day_warm_starts_from_the_run_before(trained_run):
+    """`ranking-data source=window` cuts the last train day out of the dataset;
+    `ranking-train warm_start.run=...` trains it from the earlier run's ranker."""
+    work, _ = trained_run
+    earlier = (work / "runs" / "latest").resolve()
+    times = pq.read_table(work / "ds" / "train", columns=["ts"]).column(0).to_numpy()
+    last_day = int(times.max()) // 86_400 * 86_400
+    made = cli(
+        "ranking-data", "source=window", "raw=ds", f"window.from={last_day}", "out=day", cwd=work
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert f"train rows {int((times >= last_day).sum())} of {len(times)}" in made.stdout
+    res = cli(
+        "ranking-train", "data.path=day", *FAST, "stages=[ranking]", "mlflow.enabled=false",
+        f"warm_start.run={earlier}", "warm_start.expire_after=86400", "hydra.run.dir=next",
+        cwd=work,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (work / "next" / "train.log").read_text()
+    line = next(x for x in log.splitlines() if "ranking: warm start from" in x)
+    with np.load(earlier / "checkpoints" / "id_activity.npz") as z:
+        seen = z["table/item_id"]
+    with np.load(work / "next" / "checkpoints" / "id_activity.npz") as z:
+        span = int(z["start"]), int(z["end"])
+    assert span == (int(times.min()), int(times.max()))  # both runs' times
+    first_today = int(times[times >= last_day].min())
+    stale = int(((seen > np.iinfo(np.int64).min) & (seen < first_today - 86_400)).sum())
+    assert stale > 0 and f"item_id: {stale} expired rows reset" in line
+    assert "tensors copied" in line
 
 
 @pytest.mark.slow

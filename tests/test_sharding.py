@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ranking.data.datamodule import RecDataModule
 from ranking.data.dataset import RecDataLoader
@@ -19,7 +20,9 @@ from ranking.data.even_batches import EvenBatches
 from ranking.lit.sharding import TorchrecStrategy, table_constraints
 from ranking.metrics.ranking import RankingMetrics
 from ranking.metrics.retrieval import FullCorpusEvaluator
-from ranking.pipeline import check_sharding, resume_checkpoint, single_process
+from ranking.pipeline import check_sharding, load_stage, resume_checkpoint, single_process
+from ranking.schema import Schema
+from ranking.warm_start import earlier_state
 from tests.conftest import TINY_WORLD, compose_train, tiny_overrides
 
 BIN = Path(sys.executable).parent
@@ -266,6 +269,15 @@ def test_sharded_run_checkpoints_shards_and_exports_one_bundle(sharded_run):
         half = item.size[1] // 2
         assert sorted(c.offsets[1] for c in item.chunks) == [0, half]
         assert all(c.offsets[0] == 0 and c.sizes[1] == half for c in item.chunks)
+        # what a warm start reads: the full tensors, without building the model
+        full = earlier_state(ckpt)
+        assert tuple(full["model.sparse.embedding_bags.item_id.weight"].shape) == tuple(item.size)
+    gathered = load_stage(
+        "ranking", OmegaConf.load(run / ".hydra" / "config.yaml"), Schema.load(work / "ds"), run
+    )
+    full = earlier_state(run / "checkpoints" / "ranking.ckpt")
+    for k, v in gathered.state_dict().items():
+        assert torch.equal(full[k], v), k
     # one bundle, one MLflow run (rank 1 neither exports nor logs)
     manifest = json.loads((run / "bundle" / "manifest.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())

@@ -12,7 +12,7 @@ from ranking.cli import CONFIG_PATH
 from ranking.data.errors import main_guard
 
 MOVIELENS = ("movielens-1m", "movielens-100k")
-SOURCES = ("synthetic", *MOVIELENS, "ali-ccp", "open-bandit")
+SOURCES = ("synthetic", *MOVIELENS, "ali-ccp", "open-bandit", "window")
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="make_data", version_base="1.3")
@@ -40,6 +40,14 @@ def main(cfg: DictConfig) -> None:
 
         schema = write_open_bandit(
             _raw(cfg), out, campaign=cfg.campaign, policies=tuple(cfg.policies)
+        )
+    elif cfg.source == "window":
+        from ranking.data.window import write_window
+
+        schema, kept = write_window(_raw(cfg), out, cfg.window["from"], cfg.window["to"])
+        print(
+            f"train rows {kept.rows} of {kept.total} (the source's train spans times "
+            f"{kept.first}..{kept.last})"
         )
     else:
         raise SystemExit(f"error: unknown source {cfg.source!r} (available: {', '.join(SOURCES)})")

@@ -17,6 +17,7 @@ from ranking.cli import CONFIG_PATH
 from ranking.data.errors import GUARDED, main_guard
 from ranking.lit.sharding import is_lead_process
 from ranking.pipeline import (
+    IdTracking,
     check_sharding,
     check_stages,
     export_run,
@@ -64,10 +65,14 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
         job, varied = job_overrides()
         run_name = job_run_name(job, varied)
     sweep_run_id = sweep["run_id"] if sweep is not None else None
+    # each table row's last sighting (what a later run's warm_start.expire_after reads)
+    ids = IdTracking(cfg, run_dir, lead)
     with tracker.parent(cfg, schema.name, run_name, sweep_run_id) as run_id:
         for stage in ("retrieval", "ranking"):
             if stage in cfg.stages:
-                modules[stage], stage_metrics = train_stage(stage, cfg, data_dir, tracker, run_dir)
+                modules[stage], stage_metrics = train_stage(
+                    stage, cfg, data_dir, tracker, run_dir, ids
+                )
                 metrics.update(stage_metrics)
         if not lead:
             return metrics, float("nan")

@@ -148,7 +148,7 @@ class BatchConverter:
         lengths: list[np.ndarray] = []
         for f in self.sparse_features:
             if f.side.value in sides:
-                v, ln = self.feature_values(f, _col(rows, f.name))
+                v, ln = feature_rows(f, _col(rows, f.name))
             else:
                 v, ln = np.empty(0, np.int64), np.zeros(n, LENGTHS_DTYPE)
             values.append(v)
@@ -158,59 +158,6 @@ class BatchConverter:
             values=torch.from_numpy(np.concatenate(values)),
             lengths=torch.from_numpy(np.concatenate(lengths)),
             stride=n,
-        )
-
-    def feature_values(self, f: Feature, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """One sparse column -> (int64 rows [sum of lengths], int32 lengths [B])."""
-        n = len(arr)
-        if f.is_list:
-            if not _is_list(arr.type):
-                raise DataError(
-                    f"has type {arr.type}, but a {f.kind} feature needs a list column",
-                    column=f.name,
-                )
-            _no_nulls(arr, f.name)
-            lengths = _numpy(pc.list_value_length(arr)).astype(LENGTHS_DTYPE)
-            flat = arr.flatten()  # respects slicing, unlike .values
-            _no_nulls(flat, f.name)
-            v = self._rows(f, flat)
-            assert f.max_len is not None
-            if len(lengths) and int(lengths.max()) > f.max_len:
-                if not f.truncate:
-                    row = int(np.flatnonzero(lengths > f.max_len)[0])
-                    raise DataError(
-                        f"list of {int(lengths[row])} values is longer than max_len {f.max_len} "
-                        "(set truncate: true to keep the last values)",
-                        column=f.name,
-                        row=row,
-                    )
-                v, lengths = keep_last(v, lengths, f.max_len)
-            return v, lengths
-        _no_nulls(arr, f.name)
-        return self._rows(f, arr), np.ones(n, LENGTHS_DTYPE)
-
-    def _rows(self, f: Feature, arr: pa.Array) -> np.ndarray:
-        """Flat raw values -> int64 table rows (hashed or as is)."""
-        if pa.types.is_dictionary(arr.type):
-            if f.hashed:  # hash the dictionary once, then gather
-                return self._rows(f, arr.dictionary)[_numpy(arr.indices).astype(np.int64)]
-            arr = arr.dictionary_decode()
-        t = arr.type
-        if not f.hashed:
-            if not pa.types.is_integer(t):
-                raise DataError(
-                    f"has type {t}, but ids with a vocabulary must be integers", column=f.name
-                )
-            return _numpy(arr).astype(np.int64)
-        assert f.hash_buckets is not None
-        if pa.types.is_integer(t):
-            return hash_int(_numpy(arr).astype(np.int64), f.hash_buckets)
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
-            enc = pc.dictionary_encode(arr)
-            uniq = hash_strings(enc.dictionary.to_numpy(zero_copy_only=False), f.hash_buckets)
-            return uniq[_numpy(enc.indices).astype(np.int64)]
-        raise DataError(
-            f"has type {t}, but hashed values must be integers or strings", column=f.name
         )
 
     def _dense(self, rows: Rows, sides: set[str]) -> dict[str, torch.Tensor]:
@@ -229,6 +176,59 @@ class BatchConverter:
                     x[:, j] = self.stats.apply(f, vals) if f.name in self.stats else vals
             out[side] = torch.from_numpy(x)
         return out
+
+
+def feature_rows(f: Feature, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """One sparse column -> (int64 rows [sum of lengths], int32 lengths [B])."""
+    n = len(arr)
+    if f.is_list:
+        if not _is_list(arr.type):
+            raise DataError(
+                f"has type {arr.type}, but a {f.kind} feature needs a list column",
+                column=f.name,
+            )
+        _no_nulls(arr, f.name)
+        lengths = _numpy(pc.list_value_length(arr)).astype(LENGTHS_DTYPE)
+        flat = arr.flatten()  # respects slicing, unlike .values
+        _no_nulls(flat, f.name)
+        v = _rows(f, flat)
+        assert f.max_len is not None
+        if len(lengths) and int(lengths.max()) > f.max_len:
+            if not f.truncate:
+                row = int(np.flatnonzero(lengths > f.max_len)[0])
+                raise DataError(
+                    f"list of {int(lengths[row])} values is longer than max_len {f.max_len} "
+                    "(set truncate: true to keep the last values)",
+                    column=f.name,
+                    row=row,
+                )
+            v, lengths = keep_last(v, lengths, f.max_len)
+        return v, lengths
+    _no_nulls(arr, f.name)
+    return _rows(f, arr), np.ones(n, LENGTHS_DTYPE)
+
+
+def _rows(f: Feature, arr: pa.Array) -> np.ndarray:
+    """Flat raw values -> int64 table rows (hashed or as is)."""
+    if pa.types.is_dictionary(arr.type):
+        if f.hashed:  # hash the dictionary once, then gather
+            return _rows(f, arr.dictionary)[_numpy(arr.indices).astype(np.int64)]
+        arr = arr.dictionary_decode()
+    t = arr.type
+    if not f.hashed:
+        if not pa.types.is_integer(t):
+            raise DataError(
+                f"has type {t}, but ids with a vocabulary must be integers", column=f.name
+            )
+        return _numpy(arr).astype(np.int64)
+    assert f.hash_buckets is not None
+    if pa.types.is_integer(t):
+        return hash_int(_numpy(arr).astype(np.int64), f.hash_buckets)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        enc = pc.dictionary_encode(arr)
+        uniq = hash_strings(enc.dictionary.to_numpy(zero_copy_only=False), f.hash_buckets)
+        return uniq[_numpy(enc.indices).astype(np.int64)]
+    raise DataError(f"has type {t}, but hashed values must be integers or strings", column=f.name)
 
 
 def keep_last(
