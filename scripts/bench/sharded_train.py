@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ranking.cli import CONFIG_PATH  # noqa: E402
 from scripts.bench.machine import cpu_model, print_ratio_table  # noqa: E402
-from scripts.bench.train_throughput import InMemory  # noqa: E402
+from scripts.bench.train_throughput import InMemory, bench_trainer  # noqa: E402
 
 
 class Steps(pl.Callback):
@@ -70,18 +70,11 @@ def strategy_way(cfg, schema, batches: list, warmup: int, ranks: int) -> tuple[l
 
     module = _module(cfg, schema)
     steps = Steps(warmup)
-    trainer = pl.Trainer(
-        max_epochs=1,
+    trainer = bench_trainer(
+        steps,
         strategy=TorchrecStrategy(sharding_types="table_wise", process_group_backend="gloo"),
         accelerator="cpu",
         devices=ranks,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[steps],
     )
     trainer.fit(module, train_dataloaders=InMemory(batches))
     return steps.losses, steps.end - steps.start

@@ -64,6 +64,22 @@ class StepClock(pl.Callback):
             self.end = time.perf_counter()
 
 
+def bench_trainer(callback: pl.Callback, **kwargs: object) -> pl.Trainer:
+    """A Lightning trainer that only trains, one epoch: no validation, logger,
+    checkpoints, progress bar or summary; ``callback`` times the steps."""
+    return pl.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        **kwargs,
+    )
+
+
 class InMemory:
     """The batches as one iterable (a plain list would be a list of loaders)."""
 
@@ -83,19 +99,7 @@ def lightning(stage: str, cfg, data: Path, total: int, warmup: int, batches=None
     dm = stage_datamodule(stage, cfg, data)
     module = build_stage(stage, cfg, dm.schema)
     clock = StepClock(warmup)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=total,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-        accelerator="cpu",
-        devices=1,
-    )
+    trainer = bench_trainer(clock, limit_train_batches=total, accelerator="cpu", devices=1)
     if batches is None:
         trainer.fit(module, datamodule=dm)
     else:
