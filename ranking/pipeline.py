@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytorch_lightning as pl
@@ -23,15 +24,27 @@ from ranking.data import id_activity
 from ranking.data.datamodule import RecDataModule
 from ranking.data.errors import ConfigError, DataError
 from ranking.data.files import csv_column_types, iter_record_batches
+from ranking.data.stats import DenseStats
 from ranking.lit.ranking import RankingModule
 from ranking.lit.retrieval import RetrievalModule
-from ranking.lit.sharding import TorchrecStrategy, is_sharded_checkpoint, load_model_state
+from ranking.lit.sharding import (
+    META_FILE,
+    TorchrecStrategy,
+    is_sharded_checkpoint,
+    load_model_state,
+)
 from ranking.schema import SCHEMA_FILE, Schema
 from ranking.serving.artifacts import aoti_artifacts
 from ranking.serving.export import export_bundle
 from ranking.tasks.retrieval import RetrievalTask
 from ranking.tracking import StageLogger, Tracker
-from ranking.warm_start import earlier_state, expiry, warm_start
+from ranking.warm_start import (
+    carry_optimizer,
+    continue_schedule,
+    earlier_checkpoint,
+    expiry,
+    warm_start,
+)
 
 log = logging.getLogger("ranking")
 
@@ -317,6 +330,57 @@ def resume_checkpoint(cfg: DictConfig, stage: str) -> Path | None:
     return last
 
 
+def trained_stats(run_dir: Path, stage: str) -> DenseStats | None:
+    """The dense statistics a run's stage trained with, saved with its checkpoint (the
+    data module's state): what evaluation, export and a warm start must apply, not the
+    statistics of whatever the dataset's train split holds now. None for a checkpoint
+    without them."""
+    ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt}: no checkpoint for stage {stage!r} in this run")
+    meta = ckpt / META_FILE if is_sharded_checkpoint(ckpt) else ckpt
+    return checkpoint_stats(torch.load(meta, map_location="cpu", weights_only=False, mmap=True))
+
+
+def checkpoint_stats(checkpoint: dict[str, Any]) -> DenseStats | None:
+    """The dense statistics in a Lightning checkpoint's data-module state (or None)."""
+    stats = checkpoint.get(RecDataModule.__name__, {}).get("dense_stats")
+    return DenseStats.from_dict(stats) if stats is not None else None
+
+
+def trained_datamodule(stage: str, cfg: DictConfig, path: Path, run_dir: Path) -> RecDataModule:
+    """:func:`stage_datamodule` with the dense statistics ``run_dir``'s stage trained with."""
+    dm = stage_datamodule(stage, cfg, path)
+    stats = trained_stats(run_dir, stage)
+    if stats is not None:
+        dm.use_stats(stats)
+    return dm
+
+
+WARM_STATS = ("merged", "earlier", "own")
+
+
+def warm_stats(mode: str, earlier: DenseStats | None, own: DenseStats) -> DenseStats:
+    """``warm_start.dense_stats``: the statistics a warm-started stage standardises with.
+
+    ``merged`` (default): the earlier run's and this split's together, i.e. those of
+    every train split the chain has seen (a full retrain's); ``earlier``: the earlier
+    run's, unchanged (the inputs exactly as the weights learned them); ``own``: this
+    split's alone (a day's statistics can sit far from the ones the weights learned:
+    counts that grow over the log shift by about a standard deviation)."""
+    if mode not in WARM_STATS:
+        raise ConfigError(f"warm_start.dense_stats={mode!r}: use one of {', '.join(WARM_STATS)}")
+    if mode == "own" or earlier is None:
+        return own
+    try:
+        merged = earlier.merged(own)  # checks that each feature's transform is unchanged
+    except ValueError as e:
+        raise ConfigError(f"warm_start.dense_stats={mode}: {e}") from None
+    if mode == "earlier":  # features new in this run: their own statistics
+        return DenseStats({**merged.moments, **earlier.moments})
+    return merged
+
+
 def warm_start_run(cfg: DictConfig) -> Path | None:
     """``warm_start.run``: the earlier run every stage starts from (None: from scratch)."""
     run = OmegaConf.select(cfg, "warm_start.run", default=None)
@@ -363,6 +427,40 @@ class IdTracking:
         return self._expired
 
 
+def start_warm(
+    stage: str,
+    cfg: DictConfig,
+    module: pl.LightningModule,
+    dm: RecDataModule,
+    run: Path,
+    expired: dict[str, np.ndarray] | None,
+) -> str:
+    """``warm_start.*``: ``module`` takes ``run``'s final model of the stage (and its
+    optimisers' state and last learning-rate factor), ``dm`` the statistics of the
+    chain's train splits (:mod:`ranking.warm_start`). Returns what was carried, as
+    logged (the stage's MLflow run keeps it as its ``warm_start`` tag)."""
+    earlier = earlier_checkpoint(run / "checkpoints" / CHECKPOINTS[stage])
+    report = warm_start(
+        module,
+        earlier["state_dict"],
+        dm.schema,
+        expired,
+        partial=bool(OmegaConf.select(cfg, "warm_start.partial", default=False)),
+    )
+    if OmegaConf.select(cfg, "warm_start.optimizer", default=True):
+        carry_optimizer(module, earlier, dm.schema, report, expired, sharded=sharded(cfg))
+    schedule = OmegaConf.select(cfg, "warm_start.schedule", default="continue")
+    if schedule == "continue":
+        continue_schedule(module, earlier, report)
+    elif schedule != "restart":
+        raise ConfigError(f"warm_start.schedule={schedule!r}: use continue or restart")
+    mode = str(OmegaConf.select(cfg, "warm_start.dense_stats", default="merged"))
+    dm.use_stats(warm_stats(mode, checkpoint_stats(earlier), dm.stats))
+    summary = f"from {run}: {report.summary()}; dense statistics: {mode}"
+    log.info("%s: warm start %s", stage, summary)
+    return summary
+
+
 def train_stage(
     stage: str,
     cfg: DictConfig,
@@ -380,16 +478,8 @@ def train_stage(
     module = build_stage(stage, cfg, dm.schema)
     expired = ids.expired(dm.schema) if ids is not None else None
     run = warm_start_run(cfg)
-    if run is not None:
-        report = warm_start(
-            module,
-            earlier_state(run / "checkpoints" / CHECKPOINTS[stage]),
-            dm.schema,
-            expired,
-            partial=bool(OmegaConf.select(cfg, "warm_start.partial", default=False)),
-        )
-        log.info("%s: warm start from %s: %s", stage, run, report.summary())
-    with tracker.child(stage, dm.schema.name) as logger:
+    tags = {"warm_start": start_warm(stage, cfg, module, dm, run, expired)} if run else {}
+    with tracker.child(stage, dm.schema.name, tags) as logger:
         trainer = make_trainer(cfg, cfg[stage].epochs, logger, run_dir, stage=stage)
         trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(cfg, stage))
         trainer.test(module, datamodule=dm, verbose=False)
@@ -429,8 +519,14 @@ def export_run(
     out: Path,
     metrics: dict[str, float],
     run_id: str | None,
+    stats: DenseStats | None = None,
 ) -> Path:
+    """The serving bundle of the trained stages. ``stats``: the dense statistics they
+    trained with (:func:`trained_stats`; the bundle's preprocessing contract), None:
+    those of ``path``'s train split (modules trained on it from scratch)."""
     dm = build_datamodule(cfg, path)
+    if stats is not None:
+        dm.use_stats(stats)
     return export_bundle(
         out,
         dm.schema,

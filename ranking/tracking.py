@@ -98,13 +98,18 @@ class Tracker:
             yield run.info.run_id
 
     @contextmanager
-    def child(self, stage: str, dataset: str) -> Iterator[StageLogger | None]:
-        """A nested run for one stage, and a Lightning logger writing into it."""
+    def child(
+        self, stage: str, dataset: str, tags: dict[str, str] | None = None
+    ) -> Iterator[StageLogger | None]:
+        """A nested run for one stage (with extra ``tags``), and a Lightning logger
+        writing into it."""
         if not self.enabled:
             yield None
             return
         with mlflow.start_run(run_name=stage, nested=True) as run:
             mlflow.set_tags({"stage": stage, "git_commit": git_commit(), "dataset": dataset})
+            # MLflow caps a tag's value at 5,000 characters
+            mlflow.set_tags({k: v[:5000] for k, v in (tags or {}).items()})
             yield StageLogger(
                 experiment_name=self.experiment,
                 tracking_uri=self.tracking_uri,

@@ -226,8 +226,8 @@ def test_next_day_warm_starts_from_the_run_before(trained_run):
     assert made.returncode == 0, made.stderr[-3000:]
     assert f"train rows {int((times >= last_day).sum())} of {len(times)}" in made.stdout
     res = cli(
-        "ranking-train", "data.path=day", *FAST, "stages=[ranking]", "mlflow.enabled=false",
-        f"warm_start.run={earlier}", "warm_start.expire_after=86400", "hydra.run.dir=next",
+        "ranking-train", "data.path=day", *FAST, "stages=[ranking]",
+        "mlflow.tracking_uri=sqlite:///next.db", f"warm_start.run={earlier}", "warm_start.expire_after=86400", "hydra.run.dir=next",
         cwd=work,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -242,6 +242,26 @@ def test_next_day_warm_starts_from_the_run_before(trained_run):
     stale = int(((seen > np.iinfo(np.int64).min) & (seen < first_today - 86_400)).sum())
     assert stale > 0 and f"item_id: {stale} expired rows reset" in line
     assert "tensors copied" in line
+    assert "optimiser state carried: " in line and "dense statistics: merged" in line
+    # the stage's MLflow run says where it started from
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'next.db'}")
+    (ranker,) = client.search_runs(
+        [client.get_experiment_by_name("ranking").experiment_id],
+        filter_string="tags.stage = 'ranking' and tags.warm_start LIKE 'from %'",
+    )
+    assert line.endswith(ranker.data.tags["warm_start"])
+    # the ranker standardised with the moments of both runs' train rows together
+    from ranking.pipeline import trained_stats
+
+    stats = trained_stats(work / "next", "ranking")
+    for name, m in stats.moments.items():
+        x = pq.read_table(work / "ds" / "train", columns=[name]).column(0).to_numpy()
+        x = np.log1p(x.astype(np.float64)) if "log1p" in m.transform else x.astype(np.float64)
+        both = np.concatenate([x, x[times >= last_day]])
+        assert m.count == both.size
+        np.testing.assert_allclose([m.mean, m.std], [both.mean(), both.std()], rtol=1e-9)
 
 
 @pytest.mark.slow

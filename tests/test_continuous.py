@@ -14,12 +14,31 @@ import yaml
 from ranking.data import id_activity
 from ranking.data.errors import ConfigError
 from ranking.data.id_activity import NEVER, Activity, expired_rows, last_seen, merged
+from ranking.data.stats import DenseStats, Moments, compute_dense_stats
 from ranking.data.window import write_window
 from ranking.hashing import hash_int, hash_strings
-from ranking.pipeline import CHECKPOINTS, IdTracking, build_stage, track_ids, train_stage
+from ranking.lit.fused_tables import SPARSE_STATE_KEY
+from ranking.modules.fused_embedding import fused_optimizer
+from ranking.pipeline import (
+    CHECKPOINTS,
+    IdTracking,
+    build_stage,
+    stage_datamodule,
+    track_ids,
+    train_stage,
+    trained_datamodule,
+    trained_stats,
+    warm_stats,
+)
 from ranking.schema import Schema
 from ranking.tracking import Tracker
-from ranking.warm_start import earlier_state, warm_start
+from ranking.warm_start import (
+    WarmStart,
+    carry_optimizer,
+    continue_schedule,
+    earlier_state,
+    warm_start,
+)
 from tests.conftest import compose_train, tiny_overrides
 
 DAY = 86_400
@@ -219,3 +238,154 @@ def test_warm_started_day_keeps_unseen_rows_and_resets_expired_ones(
     )
     torch.testing.assert_close(after[untouched & want], init[untouched & want], rtol=0, atol=0)
     assert not torch.equal(after[~untouched], yesterday[~untouched])  # trained today
+
+
+def _moments(x: np.ndarray, transform: str = "standardize") -> Moments:
+    return Moments(transform, float(x.mean()), float(x.std()), int(x.size))
+
+
+def test_merged_stats_are_the_union_moments_and_warm_stats_modes():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(3.0, 2.0, 1000), rng.normal(5.0, 0.5, 300)
+    new = rng.normal(size=50)
+    earlier = DenseStats({"x": _moments(a)})
+    own = DenseStats({"x": _moments(b), "new": _moments(new)})
+    union = earlier.merged(own)
+    both = np.concatenate([a, b])
+    assert union["x"].count == 1300
+    np.testing.assert_allclose([union["x"].mean, union["x"].std], [both.mean(), both.std()])
+    assert union["new"] == own["new"]  # in one only: its own moments
+    assert warm_stats("merged", earlier, own) == union
+    assert warm_stats("earlier", earlier, own) == DenseStats({"x": earlier["x"], "new": own["new"]})
+    assert warm_stats("own", earlier, own) == own
+    assert warm_stats("merged", None, own) == own  # an earlier run without statistics
+    with pytest.raises(ConfigError, match="use one of merged, earlier, own"):
+        warm_stats("mean", earlier, own)
+    logged = DenseStats({"x": _moments(b, "log1p_standardize")})
+    with pytest.raises(ConfigError, match="transform 'standardize' in one"):
+        warm_stats("earlier", earlier, logged)
+
+
+def test_evaluation_standardises_as_the_run_trained(tiny_trained, tiny_dataset, tmp_path):
+    """ranking-eval on another dataset (data_path=...) reads the run's statistics
+    from its checkpoints, not those of the other dataset's train split."""
+    cfg, _, _, run = tiny_trained
+    ts = _train_times(Schema.load(tiny_dataset))
+    day = write_window(tiny_dataset, tmp_path / "day", int(ts.max()) // DAY * DAY, None)[0]
+    trained = trained_stats(run, "ranking")
+    assert trained == compute_dense_stats(Schema.load(tiny_dataset))
+    other = compute_dense_stats(day)
+    assert other != trained
+    for stage in CHECKPOINTS:
+        assert trained_datamodule(stage, cfg, day.root, run).stats == trained
+
+
+def _with_optimizer_state(module, seed: int) -> dict:
+    """A checkpoint dict of ``module`` whose optimisers hold state (random, as training
+    leaves it): Adam moments and steps, the fused tables' accumulators."""
+    g = torch.Generator().manual_seed(seed)
+    params = module.dense_parameters()
+    optimizer = module.optimizer_factory(params)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    optimizer.step()
+    fused = fused_optimizer(module.model.sparse)
+    sparse = fused.state_dict()
+    for tensors in sparse["state"].values():
+        for name, t in tensors.items():
+            # the size training leaves (squared batch-mean gradients summed)
+            tensors[name] = (torch.rand(t.shape, generator=g) + 0.5) * 1e-7
+    fused.load_state_dict(sparse)
+    return {
+        "state_dict": module.state_dict(),
+        "optimizer_states": [optimizer.state_dict()],
+        SPARSE_STATE_KEY: fused.state_dict(),
+    }
+
+
+def test_optimizer_state_carries_over_with_grown_and_expired_rows(tiny_dataset, tmp_path):
+    """The ranker (fused row-wise Adagrad tables, AdamW): the earlier accumulators
+    continue, the grown table's new rows and its expired rows start fresh; the dense
+    optimiser resumes from the earlier step once training starts."""
+    schema = Schema.load(tiny_dataset)
+    n = schema.tables["item_id"].num_rows
+    before = build_stage("ranking", compose_train(tiny_overrides(tiny_dataset)), schema)
+    earlier = _with_optimizer_state(before, seed=3)
+    grown_path = _resized(tiny_dataset, tmp_path, item_id=n + 7)
+    grown = Schema.load(grown_path)
+    cfg = compose_train([*tiny_overrides(grown_path), "mlflow.enabled=false"])
+    module = build_stage("ranking", cfg, grown)
+    fresh = fused_optimizer(module.model.sparse).state_dict()["state"]
+    expired = {"item_id": np.zeros(n, bool)}
+    expired["item_id"][[0, 5]] = True
+    report = WarmStart()
+    carry_optimizer(module, earlier, grown, report, expired)
+    group = earlier["optimizer_states"][0]["param_groups"][0]
+    group["initial_lr"], group["lr"] = group["lr"], group["lr"] * 0.25  # a schedule's end
+    continue_schedule(module, earlier, report)
+    assert report.optimizer == [
+        f"{len(fresh)} table state tensors",
+        f"dense state of {len(module.dense_parameters())} parameters",
+    ]
+    assert report.rate_factor == 0.25
+    assert "; learning rates at 0.25 x, the earlier run's last" in report.summary()
+    state = fused_optimizer(module.model.sparse).state_dict()["state"]
+    (name,) = state["item_id.weight"]
+    now, then = (
+        state["item_id.weight"][name],
+        earlier[SPARSE_STATE_KEY]["state"]["item_id.weight"][name],
+    )
+    keep = np.setdiff1d(np.arange(n), [0, 5])
+    torch.testing.assert_close(now[keep], then[keep], rtol=0, atol=0)
+    new_rows = np.r_[0, 5, n : n + 7]
+    fresh_rows = fresh["item_id.weight"][name][new_rows]
+    torch.testing.assert_close(now[new_rows], fresh_rows, rtol=0, atol=0)
+    assert not torch.equal(then[[0, 5]], fresh["item_id.weight"][name][[0, 5]])
+    for key, tensors in state.items():  # tables that did not grow: all carried
+        if key != "item_id.weight":
+            for k, t in tensors.items():
+                torch.testing.assert_close(t, earlier[SPARSE_STATE_KEY]["state"][key][k])
+
+    # the dense optimiser: one step of training continues from the earlier step
+    warm_start(module, earlier["state_dict"], grown, expired)
+    trainer = pl.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=stage_datamodule("ranking", cfg, grown_path))
+    # the step ran at a quarter of the configured rates, without warm-up
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.25 * group["initial_lr"])
+    sparse_lr = fused_optimizer(module.model.sparse).param_groups[0]["lr"]
+    assert sparse_lr == pytest.approx(0.25 * cfg.ranking.optimizer.sparse.lr)
+    dense = trainer.optimizers[0].state_dict()["state"]
+    then_dense = earlier["optimizer_states"][0]["state"]
+    assert set(dense) == set(then_dense)
+    for i in dense:
+        assert int(dense[i]["step"]) == int(then_dense[i]["step"]) + 1
+    # rows no train row looked up in that step keep the earlier accumulators exactly
+    after = fused_optimizer(module.model.sparse).state_dict()["state"]["item_id.weight"][name]
+    unchanged = (after[keep] == then[keep]).numpy()
+    assert unchanged.any() and not unchanged.all()
+
+
+def test_optimizer_carry_refusals(tiny_dataset):
+    schema = Schema.load(tiny_dataset)
+    cfg = compose_train(tiny_overrides(tiny_dataset))
+    earlier = _with_optimizer_state(build_stage("ranking", cfg, schema), seed=4)
+    module = build_stage("ranking", cfg, schema)
+    with pytest.raises(ConfigError, match="sharded run's optimiser state"):
+        carry_optimizer(module, earlier, schema, WarmStart(), sharded=True)
+    sgd = compose_train(
+        [*tiny_overrides(tiny_dataset), "ranking.optimizer.dense._target_=torch.optim.SGD"]
+    )
+    with pytest.raises(ConfigError, match="another kind"):
+        carry_optimizer(build_stage("ranking", sgd, schema), earlier, schema, WarmStart())
+    bare = {k: v for k, v in earlier.items() if k != SPARSE_STATE_KEY}
+    with pytest.raises(
+        ConfigError, match="no fused-table optimiser state.*warm_start.optimizer=false"
+    ):
+        carry_optimizer(module, bare, schema, WarmStart())

@@ -338,3 +338,27 @@ def test_sharded_run_resumed_from_its_checkpoint_matches_an_uninterrupted_one(sh
     one = compose_train([f"resume={killed}", f"data.path={work / 'ds'}"])
     with pytest.raises(ConfigError, match="its ranking checkpoint is sharded"):
         resume_checkpoint(one, "ranking")
+
+
+@pytest.mark.slow
+def test_sharded_run_warm_starts_from_a_sharded_run(sharded_run):
+    """A sharded run's weights carry over into the next sharded run; its optimiser
+    state (split across ranks) does not, which the default warm start refuses."""
+    work, earlier, _ = sharded_run
+    common = [*SHARDED, "stages=[ranking]", "mlflow.enabled=false", f"warm_start.run={earlier}"]
+    refused = _cli("ranking-train", *common, "hydra.run.dir=refused", cwd=work)
+    assert refused.returncode != 0
+    assert "set warm_start.optimizer=false" in refused.stderr, refused.stderr[-2000:]
+    warm = _cli(
+        "ranking-train", *common, "warm_start.optimizer=false", "hydra.run.dir=warm", cwd=work
+    )
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    log = (work / "warm" / "train.log").read_text()
+    line = next(x for x in log.splitlines() if "ranking: warm start from" in x)
+    # the rates continue at the factor the earlier run ended at (here within its warm-up)
+    meta = torch.load(earlier / "checkpoints" / "ranking.ckpt" / "meta.pt", weights_only=False)
+    group = meta["optimizer_states"][0]["param_groups"][0]
+    factor = group["lr"] / group["initial_lr"]
+    assert 0 < factor < 1 and "optimiser state carried" not in line
+    assert "tensors copied" in line and f"learning rates at {factor:.3g} x" in line
+    assert json.loads((work / "warm" / "metrics.json").read_text())["test/auc/click"] > 0.5

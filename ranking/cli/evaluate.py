@@ -22,8 +22,8 @@ from ranking.pipeline import (
     load_stage,
     make_trainer,
     single_process,
-    stage_datamodule,
     test_metrics,
+    trained_datamodule,
     write_metrics,
 )
 
@@ -43,7 +43,8 @@ def main(cfg: DictConfig) -> None:
     stages = cfg.stages or [s for s in ("retrieval", "ranking") if s in run_cfg.stages]
     metrics: dict[str, float] = {}
     for stage in stages:
-        dm = stage_datamodule(stage, run_cfg, Path(run_cfg.data.path))
+        # standardised as the run trained, whatever train split data_path holds
+        dm = trained_datamodule(stage, run_cfg, Path(run_cfg.data.path), run_dir)
         module = load_stage(stage, run_cfg, dm.schema, run_dir)
         trainer = make_trainer(run_cfg, 1, None, run_dir)
         trainer.test(module, datamodule=dm, verbose=False)

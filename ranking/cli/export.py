@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from ranking.cli import CONFIG_PATH
 from ranking.cli.runs import run_config
 from ranking.data.errors import main_guard
-from ranking.pipeline import export_run, load_stage
+from ranking.pipeline import export_run, load_stage, trained_stats
 from ranking.schema import Schema
 
 
@@ -28,7 +28,8 @@ def main(cfg: DictConfig) -> None:
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     out = Path(cfg.out) if cfg.out else run_dir / "bundle"
-    export_run(run_cfg, data_dir, retrieval, ranking, out, metrics, run_id=None)
+    stats = trained_stats(run_dir, "retrieval")
+    export_run(run_cfg, data_dir, retrieval, ranking, out, metrics, run_id=None, stats=stats)
     print(f"bundle: {out}")
 
 

@@ -135,9 +135,13 @@ class RecDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the stats a checkpoint was trained with (and rebuild the converter)."""
         if "dense_stats" in state_dict:
-            self.stats = DenseStats.from_dict(state_dict["dense_stats"])
-            if self.schema is not None:
-                self.converter = BatchConverter(self.schema, self.stats)
+            self.use_stats(DenseStats.from_dict(state_dict["dense_stats"]))
+
+    def use_stats(self, stats: DenseStats) -> None:
+        """Standardise with ``stats`` from now on (a trained model's, a warm start's)."""
+        self.stats = stats
+        if self.schema is not None:
+            self.converter = BatchConverter(self.schema, self.stats)
 
     # ---- epochs ------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:

@@ -95,6 +95,31 @@ class DenseStats:
             y = (y - m.mean) / m.scale
         return y.astype(np.float32)
 
+    def merged(self, other: DenseStats) -> DenseStats:
+        """The moments of both samples together (Chan et al.'s pairwise update): the
+        statistics of the union of two train splits, from each split's own.
+
+        A feature in one only keeps its moments. Raises ValueError for a feature
+        whose transform differs (its moments describe different values).
+        """
+        out = dict(self.moments)
+        for name, b in other.moments.items():
+            a = out.get(name)
+            if a is None:
+                out[name] = b
+                continue
+            if a.transform != b.transform:
+                raise ValueError(
+                    f"dense feature {name!r}: transform {a.transform!r} in one set of "
+                    f"statistics, {b.transform!r} in the other"
+                )
+            n = a.count + b.count
+            delta = b.mean - a.mean
+            mean = a.mean + delta * b.count / n if n else 0.0
+            m2 = a.std**2 * a.count + b.std**2 * b.count + delta * delta * a.count * b.count / n
+            out[name] = Moments(a.transform, mean, float(np.sqrt(m2 / n)) if n else 0.0, n)
+        return DenseStats(out)
+
     # ---- JSON ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: ``{"version": 1, "features": {name: {transform, mean, std, count}}}``."""

@@ -59,6 +59,7 @@ class FusedTables(pl.LightningModule):
             else None
         )
         self.__dict__["_sharded"] = None  # the DMP wrapper, kept out of the module tree
+        self._carried_dense: dict[int, dict[str, Any]] | None = None
 
     @property
     def net(self) -> torch.nn.Module:
@@ -98,9 +99,26 @@ class FusedTables(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def continue_rates(self, factor: float) -> None:
+        """Train at ``factor`` x the configured learning rates throughout (no warm-up,
+        no decay): a warm start continuing where the earlier run's schedule ended."""
+        self.schedule_options = {"warmup_steps": 0, "decay": "constant", "scale": float(factor)}
+
+    def carry_dense_state(self, state: dict[int, dict[str, Any]]) -> None:
+        """Start the dense optimiser from ``state`` (its ``state_dict()["state"]``: one
+        entry per index of :meth:`dense_parameters`; a warm start's,
+        :func:`ranking.warm_start.carry_optimizer`) instead of empty; its learning rates
+        stay this run's. Loaded when training starts from step 0 (a resumed run
+        restores its own)."""
+        self._carried_dense = state
+
     def on_train_start(self) -> None:
         if self.schedule is not None:
             self.schedule.total_steps = int(self.trainer.estimated_stepping_batches)
+        if self._carried_dense is not None and self.global_step == 0:
+            optimizer = self.trainer.optimizers[0]
+            optimizer.load_state_dict({**optimizer.state_dict(), "state": self._carried_dense})
+        self._carried_dense = None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The fused update happens in this step's backward: set its rate before.

@@ -12,7 +12,7 @@ class WarmupSchedule:
 
     Linear warm-up from ``1 / warmup_steps`` to 1 over ``warmup_steps`` steps,
     then ``decay`` down to ``min_factor`` at ``total_steps``: ``cosine``,
-    ``linear`` or ``constant`` (stay at 1). A function of the step alone, so a
+    ``linear`` or ``constant`` (stay at 1); all of it times ``scale``. A function of the step alone, so a
     resumed run (whose global step comes back from the checkpoint) follows the
     same curve as an uninterrupted one.
 
@@ -26,12 +26,16 @@ class WarmupSchedule:
     total_steps: int | None = None  # None until known: no decay yet
     decay: str = "cosine"
     min_factor: float = 0.0
+    scale: float = 1.0  # multiplies the whole curve (a warm start's continued rate)
 
     def __post_init__(self) -> None:
         if self.decay not in ("cosine", "linear", "constant"):
             raise ValueError(f"decay {self.decay!r}: choose cosine, linear or constant")
 
     def __call__(self, step: int) -> float:
+        return self.scale * self._shape(step)
+
+    def _shape(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         if self.decay == "constant" or self.total_steps is None:

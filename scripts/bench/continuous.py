@@ -7,7 +7,8 @@ seed, through the console commands:
 
 - ``full``: every train day from scratch (the quickstart run);
 - ``chain``: the base window from scratch, then each later day warm-started
-  from the day before (``warm_start.run``, ``warm_start.expire_after``);
+  from the day before (``warm_start.run``, ``warm_start.expire_after``; ``--warm``
+  adds overrides for those days, ``--chain`` names their runs);
 - ``last day only``: the last day from scratch (what a day's data alone gives).
 
 All three are tested on the same valid/test splits (the days after train); the
@@ -17,6 +18,8 @@ the same set for all three. Prints one markdown row per run (wall
 time of its training command, test metrics) and the chain's per-day log lines.
 
     .venv/bin/python scripts/bench/continuous.py --data data/synthetic --work /tmp/continuous
+    .venv/bin/python scripts/bench/continuous.py --data data/synthetic --work /tmp/continuous \
+        --chain chain_r1 --warm retrieval.epochs=1
 """
 
 from __future__ import annotations
@@ -63,6 +66,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for windows and runs")
     ap.add_argument("--base-days", type=int, default=7)
     ap.add_argument("--expire-days", type=float, default=3.0)
+    ap.add_argument(
+        "--warm",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="a ranking-train override for the warm-started days only (repeatable)",
+    )
+    ap.add_argument("--chain", default="chain", help="name of the chain's runs (runs/<chain>_dayD)")
     ap.add_argument("overrides", nargs="*", help="extra ranking-train overrides for every run")
     args = ap.parse_args()
     work = args.work.resolve()
@@ -105,13 +116,14 @@ def main() -> None:
     chain = [train("base", work / "base")]
     previous = "base"
     for d in range(args.base_days, days):
-        run = f"chain_day{d}"
+        run = f"{args.chain}_day{d}"
         chain.append(
             train(
                 run,
                 work / f"day{d}",
                 f"warm_start.run=runs/{previous}",
                 f"warm_start.expire_after={expire}",
+                *args.warm,
             )
         )
         previous = run
@@ -138,8 +150,12 @@ def main() -> None:
         cells = " | ".join(f"{m.get(k, float('nan')):.4f}" for k in METRICS)
         print(f"| {name} | {walls[name]:.0f} | {cells} |")
     print(f"\nchain per run (s): {', '.join(f'{w:.0f}' for w in chain)}")
+    print("along the chain (each run's own test metrics):")
+    for run in ["base"] + [f"{args.chain}_day{d}" for d in range(args.base_days, days)]:
+        m = json.loads((work / "runs" / run / "metrics.json").read_text())
+        print(f"  {run}: " + ", ".join(f"{k} {m.get(k, float('nan')):.4f}" for k in METRICS))
     for d in range(args.base_days, days):
-        log = (work / "runs" / f"chain_day{d}" / "train.log").read_text().splitlines()
+        log = (work / "runs" / f"{args.chain}_day{d}" / "train.log").read_text().splitlines()
         for line in log:
             if "warm start from" in line:
                 print(f"day {d}: {line.split('] ', 1)[-1]}")
