@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +132,13 @@ def build_datamodule(
     train_filter: str | tuple[str | float, ...] | None = None,
     train_group_by: str | None = None,
     train_positive_groups_only: bool = False,
+    stats: DenseStats | None = None,
 ) -> RecDataModule:
+    """The data module of ``path`` (set up). ``stats``: the dense statistics to
+    standardise with (a trained run's); None: computed from the train split."""
     dm = RecDataModule(
         path=path,
+        stats=stats,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
@@ -201,13 +206,15 @@ def build_stage(stage: str, cfg: DictConfig, schema: Schema) -> pl.LightningModu
     return {"retrieval": build_retrieval, "ranking": build_ranking}[stage](cfg, schema)
 
 
-def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
+def stage_datamodule(
+    stage: str, cfg: DictConfig, path: Path, stats: DenseStats | None = None
+) -> RecDataModule:
     """Retrieval trains on positive rows only (its task's label; every row when its
     loss reads the other impressions too, or, with ``retrieval.positive_groups_only``,
     those of the requests that hold a positive); ranking on all.
     ``retrieval.group_by`` shuffles retrieval's train rows request by request."""
     if stage != "retrieval":
-        return build_datamodule(cfg, path)
+        return build_datamodule(cfg, path, stats=stats)
     task = cfg.retrieval.task
     all_rows = RetrievalTask.reads_all_rows(
         task.get("hard_negatives", False),
@@ -233,7 +240,7 @@ def stage_datamodule(stage: str, cfg: DictConfig, path: Path) -> RecDataModule:
     rows = task.positive_label
     if all_rows:
         rows = (task.positive_label, 1.0, share) if share < 1 or groups_only else None
-    dm = build_datamodule(cfg, path, rows, group_by, groups_only)
+    dm = build_datamodule(cfg, path, rows, group_by, groups_only, stats)
     if cfg.retrieval.get("batch_size"):
         dm.batch_size = int(cfg.retrieval.batch_size)  # its own train batch (positives)
     return dm
@@ -330,16 +337,37 @@ def resume_checkpoint(cfg: DictConfig, stage: str) -> Path | None:
     return last
 
 
-def trained_stats(run_dir: Path, stage: str) -> DenseStats | None:
-    """The dense statistics a run's stage trained with, saved with its checkpoint (the
-    data module's state): what evaluation, export and a warm start must apply, not the
-    statistics of whatever the dataset's train split holds now. None for a checkpoint
-    without them."""
+def stage_checkpoint(run_dir: Path, stage: str) -> Path:
+    """``run_dir``'s checkpoint of ``stage`` (a file, or a sharded run's directory)."""
     ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt}: no checkpoint for stage {stage!r} in this run")
-    meta = ckpt / META_FILE if is_sharded_checkpoint(ckpt) else ckpt
-    return checkpoint_stats(torch.load(meta, map_location="cpu", weights_only=False, mmap=True))
+    return ckpt
+
+
+def trained_stats(run_dir: Path, stages: Iterable[str]) -> DenseStats | None:
+    """The dense statistics ``run_dir``'s stages trained with, saved with their
+    checkpoints (the data module's state): what evaluation, export and a warm start
+    must apply, not the statistics of whatever the dataset's train split holds now.
+    None for checkpoints without them. Raises ConfigError when the stages disagree
+    (one serving bundle applies one standardisation)."""
+    found: dict[str, DenseStats] = {}
+    for stage in stages:
+        ckpt = stage_checkpoint(run_dir, stage)
+        meta = ckpt / META_FILE if is_sharded_checkpoint(ckpt) else ckpt
+        try:  # mmap: the tables are not read; a legacy (non-zip) file cannot be mapped
+            saved = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:
+            saved = torch.load(meta, map_location="cpu", weights_only=False)
+        stats = checkpoint_stats(saved)
+        if stats is not None:
+            found[stage] = stats
+    if len({json.dumps(s.to_dict(), sort_keys=True) for s in found.values()}) > 1:
+        raise ConfigError(
+            f"{run_dir}: its stages trained with different dense statistics "
+            f"({', '.join(found)}); one bundle standardises its inputs one way"
+        )
+    return next(iter(found.values()), None)
 
 
 def checkpoint_stats(checkpoint: dict[str, Any]) -> DenseStats | None:
@@ -350,11 +378,7 @@ def checkpoint_stats(checkpoint: dict[str, Any]) -> DenseStats | None:
 
 def trained_datamodule(stage: str, cfg: DictConfig, path: Path, run_dir: Path) -> RecDataModule:
     """:func:`stage_datamodule` with the dense statistics ``run_dir``'s stage trained with."""
-    dm = stage_datamodule(stage, cfg, path)
-    stats = trained_stats(run_dir, stage)
-    if stats is not None:
-        dm.use_stats(stats)
-    return dm
+    return stage_datamodule(stage, cfg, path, stats=trained_stats(run_dir, [stage]))
 
 
 WARM_STATS = ("merged", "earlier", "own")
@@ -364,7 +388,8 @@ def warm_stats(mode: str, earlier: DenseStats | None, own: DenseStats) -> DenseS
     """``warm_start.dense_stats``: the statistics a warm-started stage standardises with.
 
     ``merged`` (default): the earlier run's and this split's together, i.e. those of
-    every train split the chain has seen (a full retrain's); ``earlier``: the earlier
+    every train split the chain has seen (a full retrain's, when the splits are
+    disjoint days; a row in two splits counts twice); ``earlier``: the earlier
     run's, unchanged (the inputs exactly as the weights learned them); ``own``: this
     split's alone (a day's statistics can sit far from the ones the weights learned:
     counts that grow over the log shift by about a standard deviation)."""
@@ -377,8 +402,8 @@ def warm_stats(mode: str, earlier: DenseStats | None, own: DenseStats) -> DenseS
     except ValueError as e:
         raise ConfigError(f"warm_start.dense_stats={mode}: {e}") from None
     if mode == "earlier":  # features new in this run: their own statistics
-        return DenseStats({**merged.moments, **earlier.moments})
-    return merged
+        merged = DenseStats({**merged.moments, **earlier.moments})
+    return DenseStats({k: merged[k] for k in own.moments})  # this schema's features
 
 
 def warm_start_run(cfg: DictConfig) -> Path | None:
@@ -477,11 +502,16 @@ def train_stage(
     dm = stage_datamodule(stage, cfg, path)
     module = build_stage(stage, cfg, dm.schema)
     expired = ids.expired(dm.schema) if ids is not None else None
-    run = warm_start_run(cfg)
-    tags = {"warm_start": start_warm(stage, cfg, module, dm, run, expired)} if run else {}
+    run, resumed = warm_start_run(cfg), resume_checkpoint(cfg, stage)
+    tags = {}
+    if run is not None and resumed is None:
+        tags["warm_start"] = start_warm(stage, cfg, module, dm, run, expired)
+    elif run is not None:  # the checkpoint holds the warm-started state, optimisers included
+        log.info("%s: resuming %s (warm-started from %s)", stage, resumed, run)
+        tags["warm_start"] = f"from {run}: resumed from {resumed}"
     with tracker.child(stage, dm.schema.name, tags) as logger:
         trainer = make_trainer(cfg, cfg[stage].epochs, logger, run_dir, stage=stage)
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(cfg, stage))
+        trainer.fit(module, datamodule=dm, ckpt_path=resumed)
         trainer.test(module, datamodule=dm, verbose=False)
         ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
         trainer.save_checkpoint(ckpt)
@@ -500,9 +530,7 @@ def load_stage(stage: str, cfg: DictConfig, schema: Schema, run_dir: Path) -> pl
     or a sharded run's directory: the one function that gathers a sharded model's
     state into a single-process model, for evaluation and export)."""
     module = build_stage(stage, cfg, schema)
-    ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
-    if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt}: no checkpoint for stage {stage!r} in this run")
+    ckpt = stage_checkpoint(run_dir, stage)
     if is_sharded_checkpoint(ckpt):  # a sharded run's: its tables gathered into one process
         load_model_state(module, ckpt)
     else:
@@ -524,9 +552,7 @@ def export_run(
     """The serving bundle of the trained stages. ``stats``: the dense statistics they
     trained with (:func:`trained_stats`; the bundle's preprocessing contract), None:
     those of ``path``'s train split (modules trained on it from scratch)."""
-    dm = build_datamodule(cfg, path)
-    if stats is not None:
-        dm.use_stats(stats)
+    dm = build_datamodule(cfg, path, stats=stats)
     return export_bundle(
         out,
         dm.schema,

@@ -35,7 +35,8 @@ ByteDance's Monolith does, and this module moves the state across:
   need it, their optimiser state being split across ranks.
 - **Learning rates** (``warm_start.schedule``): ``continue`` (default) trains at
   the factor the earlier run's schedule ended at (the cosine's ``min_factor``),
-  constant, without a warm-up: the chain is one long run past its decay.
+  constant, without a warm-up: the chain is one long run past its decay (an
+  earlier run that stopped within its warm-up has it continued).
   ``restart`` runs this run's schedule from its start (warm-up to the full rate).
   Restarting at the full rate on top of a trained model loses part of it
   (docs/benchmarks.md, continuous training).
@@ -76,7 +77,7 @@ class WarmStart:
         fresh: tensors kept at their initial values (``partial``: new in this model).
         dropped: tensors of the earlier run this model does not have (``partial``).
         optimizer: what of the optimisers' state was carried (:func:`carry_optimizer`).
-        rate_factor: the learning-rate factor continued (:func:`continue_schedule`).
+        rates: how the learning rates continue (:func:`continue_schedule`).
     """
 
     copied: int = 0
@@ -85,14 +86,14 @@ class WarmStart:
     fresh: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     optimizer: list[str] = field(default_factory=list)
-    rate_factor: float | None = None
+    rates: str | None = None
 
     def summary(self) -> str:
         parts = [f"{self.copied} tensors copied"]
         if self.optimizer:
             parts.append("optimiser state carried: " + ", ".join(self.optimizer))
-        if self.rate_factor is not None:
-            parts.append(f"learning rates at {self.rate_factor:.3g} x, the earlier run's last")
+        if self.rates is not None:
+            parts.append(self.rates)
         parts += [f"{t} grew {a} -> {b} rows" for t, (a, b) in self.grown.items()]
         parts += [f"{t}: {n} expired rows reset" for t, n in self.expired.items() if n]
         if self.fresh:
@@ -225,7 +226,7 @@ def carry_optimizer(
                 fused.load_state_dict({**now, "state": state})
                 if n:  # (plain SGD keeps none)
                     report.optimizer.append(f"{n} table state tensors")
-    dense = (earlier.get("optimizer_states") or [None])[0]
+    dense = _dense_state(earlier)
     if dense is None:
         problems.append("the earlier checkpoint has no dense optimiser state")
     else:
@@ -239,7 +240,7 @@ def carry_optimizer(
             problems.append(
                 f"the dense optimiser had {len(indices)} parameters earlier, {len(params)} now"
             )
-        elif kind_now != kind_then:
+        elif not _same_kind(kind_then, kind_now):
             problems.append(
                 "the dense optimiser is another kind (hyperparameters "
                 f"{sorted(kind_then)} earlier, {sorted(kind_now)} now)"
@@ -254,7 +255,10 @@ def carry_optimizer(
                     if not torch.is_tensor(v) or v.dim() == 0:  # e.g. Adam's step
                         row[k] = v.clone() if torch.is_tensor(v) else v
                         continue
-                    # a fresh optimiser's state of a parameter is zeros of its shape
+                    # a fresh optimiser's per-element state is zeros of the parameter's
+                    # shape (Adam's moments, SGD's momentum); a table under the dense
+                    # optimiser keeps the scalar step, so a reset row's Adam bias
+                    # correction is a trained row's, not a new one's
                     value, _ = carried(v, torch.zeros_like(p), table, schema, expired)
                     if value is None:
                         problems.append(
@@ -277,9 +281,16 @@ def carry_optimizer(
 
 def continue_schedule(module: FusedTables, earlier: dict[str, Any], report: WarmStart) -> None:
     """``warm_start.schedule=continue``: train at the learning-rate factor the earlier
-    run's schedule ended at (its last rate over its base rate, e.g. the cosine's
-    ``min_factor``), constant: a chain of runs is one long run past its decay."""
-    dense = (earlier.get("optimizer_states") or [None])[0]
+    run's schedule ended at (its last rate over its base rate: the cosine's
+    ``min_factor`` once it has decayed), constant: a chain of runs is one long run
+    past its decay. An earlier run that stopped within its warm-up has its warm-up
+    continued from there (then the full rate).
+
+    Raises:
+        ConfigError: no optimiser state to read the rate from; the earlier run ended
+            at rate 0 (a ``min_factor`` of 0: nothing would train).
+    """
+    dense = _dense_state(earlier)
     if dense is None or len(dense["param_groups"]) != 1:
         raise ConfigError(
             "warm_start.schedule=continue: the earlier checkpoint has no optimiser state to "
@@ -287,8 +298,35 @@ def continue_schedule(module: FusedTables, earlier: dict[str, Any], report: Warm
         )
     group = dense["param_groups"][0]
     factor = float(group["lr"]) / float(group.get("initial_lr", group["lr"]))
+    scheduler = (earlier.get("lr_schedulers") or [None])[0]
+    shape = scheduler["lr_lambdas"][0] if scheduler else None  # a WarmupSchedule's fields
+    if isinstance(shape, dict) and "warmup_steps" in shape:
+        at = int(shape.get("offset", 0)) + int(scheduler["last_epoch"])
+        if at < int(shape["warmup_steps"]):
+            module.continue_rates(1.0, warmup_steps=int(shape["warmup_steps"]), offset=at)
+            report.rates = (
+                f"the earlier run's warm-up continued from step {at} of {shape['warmup_steps']}"
+            )
+            return
+    if factor <= 0:
+        raise ConfigError(
+            "warm_start.schedule=continue: the earlier run ended at learning rate 0 (its "
+            "schedule's min_factor), so nothing would train; use warm_start.schedule=restart "
+            "or a min_factor above 0"
+        )
     module.continue_rates(factor)
-    report.rate_factor = factor
+    report.rates = f"learning rates at {factor:.3g} x, the earlier run's last"
+
+
+def _dense_state(earlier: dict[str, Any]) -> dict[str, Any] | None:
+    """The dense optimiser's state dict in a Lightning checkpoint (or None)."""
+    return (earlier.get("optimizer_states") or [None])[0]
+
+
+def _same_kind(then: set[str], now: set[str]) -> bool:
+    """Two optimisers' hyperparameter names name one kind (Adam's betas, SGD's
+    momentum); a newer torch may add names, so one set may hold the other."""
+    return then <= now or now <= then
 
 
 def _carried_state(
@@ -306,9 +344,7 @@ def _carried_state(
         problems.append(f"tables with optimiser state {sorted(before)} earlier, {sorted(now)} now")
         return state, n
     for key, tensors in now.items():
-        table = (
-            key.removesuffix(".weight") if key.removesuffix(".weight") in schema.tables else None
-        )
+        table = _table_of(f"embedding_bags.{key}", schema)  # key: "<table>.weight"
         state[key] = {}
         if set(tensors) != set(before[key]):
             problems.append(

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ranking.data.datamodule import RecDataModule
-from ranking.schema import Side
+from ranking.schema import Schema, Side
 from ranking.serving.bundle import FORMAT_VERSION
 from ranking.serving.convert import flat_inputs
 
@@ -303,13 +303,23 @@ def test_retrieval_only_bundle_serves_the_exact_top_n(tiny_trained, tiny_dataset
     """A run without the ranking stage (a log of positives only) exports the towers,
     the index and the snapshots; ``ranking-recommend`` serves the top N by inner
     product, the same list as an exact search over the exported embeddings."""
+    from ranking.data.stats import DenseStats, Moments, compute_dense_stats
     from ranking.pipeline import export_run
     from ranking.serving.bundle import Bundle
     from ranking.serving.recommend import Recommender
 
     cfg, retrieval, _, _ = tiny_trained
-    out = export_run(cfg, tiny_dataset, retrieval, None, tmp_path / "bundle", {}, None)
+    # the statistics a (here: pretend) warm-started run trained with go into the contract
+    own = compute_dense_stats(Schema.load(tiny_dataset))
+    stats = DenseStats(
+        {k: Moments(m.transform, m.mean + 1.0, m.std * 2, m.count) for k, m in own.moments.items()}
+    )
+    out = export_run(cfg, tiny_dataset, retrieval, None, tmp_path / "bundle", {}, None, stats=stats)
     manifest = json.loads((out / "manifest.json").read_text())
+    contract = manifest["preprocessing"]["features"]
+    for name, m in stats.moments.items():
+        if "standardize" in m.transform:
+            assert (contract[name]["mean"], contract[name]["std"]) == (m.mean, m.std), name
     assert sorted(manifest["artifacts"]) == ["item_tower", "user_tower"]
     assert not (out / "ranker.pt").exists()
     assert manifest["serving"]["order"] == "retrieval_score"

@@ -252,10 +252,18 @@ def test_next_day_warm_starts_from_the_run_before(trained_run):
         filter_string="tags.stage = 'ranking' and tags.warm_start LIKE 'from %'",
     )
     assert line.endswith(ranker.data.tags["warm_start"])
+    # ranking-eval of that run on today's data standardises as it trained: its test
+    # metrics again (a recomputation from today's train split would move them)
+    evaluated = cli("ranking-eval", "run=next", "data_path=day", cwd=work)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    again = json.loads((work / "next" / "eval_metrics.json").read_text())
+    trained = json.loads((work / "next" / "metrics.json").read_text())
+    assert again["test/auc/click"] == pytest.approx(trained["test/auc/click"], rel=1e-12)
+    assert again["test/logloss/click"] == pytest.approx(trained["test/logloss/click"], rel=1e-12)
     # the ranker standardised with the moments of both runs' train rows together
     from ranking.pipeline import trained_stats
 
-    stats = trained_stats(work / "next", "ranking")
+    stats = trained_stats(work / "next", ["ranking"])
     for name, m in stats.moments.items():
         x = pq.read_table(work / "ds" / "train", columns=[name]).column(0).to_numpy()
         x = np.log1p(x.astype(np.float64)) if "log1p" in m.transform else x.astype(np.float64)

@@ -264,6 +264,10 @@ def test_merged_stats_are_the_union_moments_and_warm_stats_modes():
     logged = DenseStats({"x": _moments(b, "log1p_standardize")})
     with pytest.raises(ConfigError, match="transform 'standardize' in one"):
         warm_stats("earlier", earlier, logged)
+    gone = DenseStats({"x": _moments(b)})  # a feature this run's schema dropped: not kept
+    assert set(warm_stats("merged", own, gone).moments) == {"x"}
+    empty = DenseStats({"x": Moments("standardize", 0.0, 0.0, 0)})
+    assert empty.merged(empty)["x"].count == 0 and earlier.merged(empty) == earlier
 
 
 def test_evaluation_standardises_as_the_run_trained(tiny_trained, tiny_dataset, tmp_path):
@@ -272,12 +276,12 @@ def test_evaluation_standardises_as_the_run_trained(tiny_trained, tiny_dataset, 
     cfg, _, _, run = tiny_trained
     ts = _train_times(Schema.load(tiny_dataset))
     day = write_window(tiny_dataset, tmp_path / "day", int(ts.max()) // DAY * DAY, None)[0]
-    trained = trained_stats(run, "ranking")
+    trained = trained_stats(run, ["retrieval", "ranking"])
     assert trained == compute_dense_stats(Schema.load(tiny_dataset))
     other = compute_dense_stats(day)
     assert other != trained
     for stage in CHECKPOINTS:
-        assert trained_datamodule(stage, cfg, day.root, run).stats == trained
+        assert trained_datamodule(stage, cfg, day.root, run).converter.stats == trained
 
 
 def _with_optimizer_state(module, seed: int) -> dict:
@@ -289,18 +293,17 @@ def _with_optimizer_state(module, seed: int) -> dict:
     for p in params:
         p.grad = torch.randn(p.shape, generator=g)
     optimizer.step()
-    fused = fused_optimizer(module.model.sparse)
-    sparse = fused.state_dict()
-    for tensors in sparse["state"].values():
-        for name, t in tensors.items():
-            # the size training leaves (squared batch-mean gradients summed)
-            tensors[name] = (torch.rand(t.shape, generator=g) + 0.5) * 1e-7
-    fused.load_state_dict(sparse)
-    return {
-        "state_dict": module.state_dict(),
-        "optimizer_states": [optimizer.state_dict()],
-        SPARSE_STATE_KEY: fused.state_dict(),
-    }
+    out = {"state_dict": module.state_dict(), "optimizer_states": [optimizer.state_dict()]}
+    if module.model.fused:
+        fused = fused_optimizer(module.model.sparse)
+        sparse = fused.state_dict()
+        for tensors in sparse["state"].values():
+            for name, t in tensors.items():
+                # the size training leaves (squared batch-mean gradients summed)
+                tensors[name] = (torch.rand(t.shape, generator=g) + 0.5) * 1e-7
+        fused.load_state_dict(sparse)
+        out[SPARSE_STATE_KEY] = fused.state_dict()
+    return out
 
 
 def test_optimizer_state_carries_over_with_grown_and_expired_rows(tiny_dataset, tmp_path):
@@ -320,15 +323,15 @@ def test_optimizer_state_carries_over_with_grown_and_expired_rows(tiny_dataset, 
     expired["item_id"][[0, 5]] = True
     report = WarmStart()
     carry_optimizer(module, earlier, grown, report, expired)
+    earlier["optimizer_states"] = [_at_rate(earlier, 0.25)]  # where a schedule ended
     group = earlier["optimizer_states"][0]["param_groups"][0]
-    group["initial_lr"], group["lr"] = group["lr"], group["lr"] * 0.25  # a schedule's end
     continue_schedule(module, earlier, report)
     assert report.optimizer == [
         f"{len(fresh)} table state tensors",
         f"dense state of {len(module.dense_parameters())} parameters",
     ]
-    assert report.rate_factor == 0.25
-    assert "; learning rates at 0.25 x, the earlier run's last" in report.summary()
+    assert report.rates == "learning rates at 0.25 x, the earlier run's last"
+    assert f"; {report.rates}" in report.summary()
     state = fused_optimizer(module.model.sparse).state_dict()["state"]
     (name,) = state["item_id.weight"]
     now, then = (
@@ -372,6 +375,43 @@ def test_optimizer_state_carries_over_with_grown_and_expired_rows(tiny_dataset, 
     assert unchanged.any() and not unchanged.all()
 
 
+def test_dense_optimizer_state_of_a_grown_table(tiny_dataset, tmp_path):
+    """Tables without a fused optimiser (optimizer=adam: the dense optimiser updates
+    them): their Adam moments grow with the table, new and expired rows at zero."""
+    schema = Schema.load(tiny_dataset)
+    n = schema.tables["item_id"].num_rows
+    adam = ["optimizer@retrieval.optimizer=adam"]
+    before = build_stage("retrieval", compose_train([*tiny_overrides(tiny_dataset), *adam]), schema)
+    earlier = _with_optimizer_state(before, seed=6)
+    grown_path = _resized(tiny_dataset, tmp_path, item_id=n + 3)
+    grown = Schema.load(grown_path)
+    module = build_stage("retrieval", compose_train([*tiny_overrides(grown_path), *adam]), grown)
+    assert not module.model.fused
+    expired = {"item_id": np.zeros(n, bool)}
+    expired["item_id"][2] = True
+    report = WarmStart()
+    carry_optimizer(module, earlier, grown, report, expired)
+    names = [
+        k for k, p in module.named_parameters() if any(p is q for q in module.dense_parameters())
+    ]
+    i = names.index("model.sparse.embedding_bags.item_id.weight")
+    then, now = earlier["optimizer_states"][0]["state"][i], module._carried_dense[i]
+    assert report.optimizer == [f"dense state of {len(names)} parameters"]
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert now[k].shape[0] == n + 3
+        keep = np.setdiff1d(np.arange(n), [2])
+        torch.testing.assert_close(now[k][keep], then[k][keep], rtol=0, atol=0)
+        assert not now[k][[2, n, n + 1, n + 2]].any() and then[k][2].any()
+    assert int(now["step"]) == int(then["step"])
+    for j, p in enumerate(module.dense_parameters()):  # every other parameter: as it was
+        if j != i:
+            torch.testing.assert_close(
+                module._carried_dense[j]["exp_avg"],
+                earlier["optimizer_states"][0]["state"][j]["exp_avg"],
+            )
+            assert module._carried_dense[j]["exp_avg"].shape == p.shape
+
+
 def test_optimizer_carry_refusals(tiny_dataset):
     schema = Schema.load(tiny_dataset)
     cfg = compose_train(tiny_overrides(tiny_dataset))
@@ -389,3 +429,41 @@ def test_optimizer_carry_refusals(tiny_dataset):
         ConfigError, match="no fused-table optimiser state.*warm_start.optimizer=false"
     ):
         carry_optimizer(module, bare, schema, WarmStart())
+    with pytest.raises(ConfigError, match="use warm_start.schedule=restart"):
+        continue_schedule(module, {"state_dict": earlier["state_dict"]}, WarmStart())
+    ended = {**earlier, "optimizer_states": [_at_rate(earlier, 0.0)]}
+    with pytest.raises(ConfigError, match="ended at learning rate 0"):
+        continue_schedule(module, ended, WarmStart())
+
+
+def _at_rate(earlier: dict, factor: float) -> dict:
+    """The dense optimiser state of ``earlier`` as a schedule at ``factor`` leaves it."""
+    state = {**earlier["optimizer_states"][0]}
+    (group,) = state["param_groups"]
+    state["param_groups"] = [{**group, "initial_lr": group["lr"], "lr": group["lr"] * factor}]
+    return state
+
+
+def test_continue_schedule_holds_the_last_rate_or_finishes_a_warm_up(tiny_dataset):
+    """The factor the earlier schedule ended at, constant; within its warm-up, the
+    warm-up goes on from the step it reached (a chain of runs is one long run)."""
+    schema = Schema.load(tiny_dataset)
+    cfg = compose_train(tiny_overrides(tiny_dataset))
+    earlier = _with_optimizer_state(build_stage("ranking", cfg, schema), seed=5)
+    shape = {"warmup_steps": 300, "total_steps": 1000, "decay": "cosine", "min_factor": 0.1}
+    for last, factor, want in (
+        (1000, 0.1, [0.1, 0.1, 0.1]),  # decayed: held at min_factor
+        (120, 0.4, [121 / 300, 122 / 300, 1.0]),  # stopped within the warm-up
+    ):
+        done = {
+            **earlier,
+            "optimizer_states": [_at_rate(earlier, factor)],
+            "lr_schedulers": [{"last_epoch": last, "lr_lambdas": [shape]}],
+        }
+        module = build_stage("ranking", cfg, schema)
+        report = WarmStart()
+        continue_schedule(module, done, report)
+        module.configure_optimizers()
+        got = [module.schedule(step) for step in (0, 1, 5000)]
+        assert got == pytest.approx(want), report.rates
+    assert report.rates == "the earlier run's warm-up continued from step 120 of 300"

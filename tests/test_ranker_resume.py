@@ -34,13 +34,20 @@ def _train(cfg, path, run_dir):
     return pipeline.train_stage("ranking", cfg, path, tracker, run_dir)
 
 
-def test_killed_then_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("warm", [False, True], ids=["from_scratch", "warm_started"])
+def test_killed_then_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch, warm):
+    """Also for a warm-started run (optimiser state carried, rates continued): the
+    resumed run restores its own checkpoint instead of warm-starting again."""
     base = [
         *tiny_overrides(tiny_dataset),
         "mlflow.enabled=false",
         "ranking.epochs=2",
         "+trainer.num_sanity_val_steps=0",
     ]
+    if warm:
+        earlier = compose_train([*base, "ranking.epochs=1"])
+        _train(earlier, tiny_dataset, tmp_path / "earlier")
+        base.append(f"warm_start.run={tmp_path / 'earlier'}")
     cfg = compose_train(base)
     full, full_metrics = _train(cfg, tiny_dataset, tmp_path / "full")
 

@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> None:
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     out = Path(cfg.out) if cfg.out else run_dir / "bundle"
-    stats = trained_stats(run_dir, "retrieval")
+    stats = trained_stats(run_dir, ["retrieval", "ranking"] if ranked else ["retrieval"])
     export_run(run_cfg, data_dir, retrieval, ranking, out, metrics, run_id=None, stats=stats)
     print(f"bundle: {out}")
 

@@ -91,7 +91,7 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
                 run_dir / "bundle",
                 metrics,
                 run_id,
-                stats=trained_stats(run_dir, "retrieval"),
+                stats=trained_stats(run_dir, modules),
             )
             # the index's recall against exact search and its latency, measured at build
             built = index_metrics(json.loads((bundle / "manifest.json").read_text())["index"])

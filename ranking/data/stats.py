@@ -97,7 +97,8 @@ class DenseStats:
 
     def merged(self, other: DenseStats) -> DenseStats:
         """The moments of both samples together (Chan et al.'s pairwise update): the
-        statistics of the union of two train splits, from each split's own.
+        statistics of two train splits' rows together, from each split's own (rows
+        in both count twice).
 
         A feature in one only keeps its moments. Raises ValueError for a feature
         whose transform differs (its moments describe different values).
@@ -113,11 +114,9 @@ class DenseStats:
                     f"dense feature {name!r}: transform {a.transform!r} in one set of "
                     f"statistics, {b.transform!r} in the other"
                 )
-            n = a.count + b.count
-            delta = b.mean - a.mean
-            mean = a.mean + delta * b.count / n if n else 0.0
-            m2 = a.std**2 * a.count + b.std**2 * b.count + delta * delta * a.count * b.count / n
-            out[name] = Moments(a.transform, mean, float(np.sqrt(m2 / n)) if n else 0.0, n)
+            both = _Running.of(a)
+            both.combine(_Running.of(b))
+            out[name] = Moments(a.transform, float(both.mean), both.std, both.n)
         return DenseStats(out)
 
     # ---- JSON ------------------------------------------------------------------
@@ -155,16 +154,27 @@ class _Running:
         self.mean = 0.0
         self.m2 = 0.0
 
+    @classmethod
+    def of(cls, m: Moments) -> _Running:
+        r = cls()
+        r.n, r.mean, r.m2 = int(m.count), float(m.mean), float(m.std) ** 2 * m.count
+        return r
+
     def add(self, x: np.ndarray) -> None:
-        nb = int(x.size)
-        if nb == 0:
+        if x.size:
+            batch = _Running()
+            batch.n, batch.mean = int(x.size), float(x.mean())
+            batch.m2 = float(np.square(x - batch.mean).sum())
+            self.combine(batch)
+
+    def combine(self, other: _Running) -> None:
+        """Merge ``other``'s sample into this one (Chan et al.'s pairwise update)."""
+        n = self.n + other.n
+        if other.n == 0:
             return
-        mb = float(x.mean())
-        m2b = float(np.square(x - mb).sum())
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean += delta * nb / n
-        self.m2 += m2b + delta * delta * self.n * nb / n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / n
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
         self.n = n
 
     @property

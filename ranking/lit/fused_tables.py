@@ -99,10 +99,16 @@ class FusedTables(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def continue_rates(self, factor: float) -> None:
-        """Train at ``factor`` x the configured learning rates throughout (no warm-up,
-        no decay): a warm start continuing where the earlier run's schedule ended."""
-        self.schedule_options = {"warmup_steps": 0, "decay": "constant", "scale": float(factor)}
+    def continue_rates(self, factor: float, warmup_steps: int = 0, offset: int = 0) -> None:
+        """Train at ``factor`` x the configured learning rates, without decay: a warm
+        start continuing where the earlier run's schedule ended (at the end of its
+        decay; or within its warm-up: ``warmup_steps``, ``offset`` steps of it done)."""
+        self.schedule_options = {
+            "warmup_steps": int(warmup_steps),
+            "decay": "constant",
+            "scale": float(factor),
+            "offset": int(offset),
+        }
 
     def carry_dense_state(self, state: dict[int, dict[str, Any]]) -> None:
         """Start the dense optimiser from ``state`` (its ``state_dict()["state"]``: one

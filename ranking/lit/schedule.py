@@ -12,9 +12,10 @@ class WarmupSchedule:
 
     Linear warm-up from ``1 / warmup_steps`` to 1 over ``warmup_steps`` steps,
     then ``decay`` down to ``min_factor`` at ``total_steps``: ``cosine``,
-    ``linear`` or ``constant`` (stay at 1); all of it times ``scale``. A function of the step alone, so a
-    resumed run (whose global step comes back from the checkpoint) follows the
-    same curve as an uninterrupted one.
+    ``linear`` or ``constant`` (stay at 1); all of it times ``scale`` and
+    ``offset`` steps on (a warm start continuing an earlier run's curve). A
+    function of the step alone, so a resumed run (whose global step comes back
+    from the checkpoint) follows the same curve as an uninterrupted one.
 
     Example:
         >>> s = WarmupSchedule(warmup_steps=10, total_steps=110, decay="linear", min_factor=0.0)
@@ -27,13 +28,14 @@ class WarmupSchedule:
     decay: str = "cosine"
     min_factor: float = 0.0
     scale: float = 1.0  # multiplies the whole curve (a warm start's continued rate)
+    offset: int = 0  # steps already taken (a warm start continuing an earlier warm-up)
 
     def __post_init__(self) -> None:
         if self.decay not in ("cosine", "linear", "constant"):
             raise ValueError(f"decay {self.decay!r}: choose cosine, linear or constant")
 
     def __call__(self, step: int) -> float:
-        return self.scale * self._shape(step)
+        return self.scale * self._shape(step + self.offset)
 
     def _shape(self, step: int) -> float:
         if step < self.warmup_steps:

@@ -184,10 +184,11 @@ def _run_scorer(run: Path, users: np.ndarray) -> Callable[[slice], np.ndarray]:
     from omegaconf import OmegaConf
 
     from ranking.metrics.retrieval import FullCorpusEvaluator
-    from ranking.pipeline import build_datamodule, load_stage
+    from ranking.pipeline import build_datamodule, load_stage, trained_stats
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    dm = build_datamodule(cfg, Path(cfg.data.path))
+    # standardised with the statistics the run trained with
+    dm = build_datamodule(cfg, Path(cfg.data.path), stats=trained_stats(run, ["retrieval"]))
     module = load_stage("retrieval", cfg, dm.schema, run)
     evaluator = FullCorpusEvaluator(module.num_users, module.model.out_dim)
     with torch.no_grad():
