@@ -362,12 +362,13 @@ def trained_stats(run_dir: Path, stages: Iterable[str]) -> DenseStats | None:
         stats = checkpoint_stats(saved)
         if stats is not None:
             found[stage] = stats
-    if len({json.dumps(s.to_dict(), sort_keys=True) for s in found.values()}) > 1:
+    first = next(iter(found.values()), None)
+    if any(stats != first for stats in found.values()):
         raise ConfigError(
             f"{run_dir}: its stages trained with different dense statistics "
             f"({', '.join(found)}); one bundle standardises its inputs one way"
         )
-    return next(iter(found.values()), None)
+    return first
 
 
 def checkpoint_stats(checkpoint: dict[str, Any]) -> DenseStats | None:

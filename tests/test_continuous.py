@@ -23,6 +23,7 @@ from ranking.pipeline import (
     CHECKPOINTS,
     IdTracking,
     build_stage,
+    make_trainer,
     stage_datamodule,
     track_ids,
     train_stage,
@@ -316,7 +317,8 @@ def test_optimizer_state_carries_over_with_grown_and_expired_rows(tiny_dataset, 
     earlier = _with_optimizer_state(before, seed=3)
     grown_path = _resized(tiny_dataset, tmp_path, item_id=n + 7)
     grown = Schema.load(grown_path)
-    cfg = compose_train([*tiny_overrides(grown_path), "mlflow.enabled=false"])
+    one_step = ["+trainer.max_steps=1", "+trainer.limit_val_batches=0"]
+    cfg = compose_train([*tiny_overrides(grown_path), "mlflow.enabled=false", *one_step])
     module = build_stage("ranking", cfg, grown)
     fresh = fused_optimizer(module.model.sparse).state_dict()["state"]
     expired = {"item_id": np.zeros(n, bool)}
@@ -351,14 +353,7 @@ def test_optimizer_state_carries_over_with_grown_and_expired_rows(tiny_dataset, 
 
     # the dense optimiser: one step of training continues from the earlier step
     warm_start(module, earlier["state_dict"], grown, expired)
-    trainer = pl.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = make_trainer(cfg, 1, None, tmp_path)
     trainer.fit(module, datamodule=stage_datamodule("ranking", cfg, grown_path))
     # the step ran at a quarter of the configured rates, without warm-up
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.25 * group["initial_lr"])
