@@ -26,6 +26,7 @@ from ranking.data.datamodule import RecDataModule
 from ranking.data.errors import ConfigError, DataError
 from ranking.data.files import csv_column_types, iter_record_batches
 from ranking.data.stats import DenseStats
+from ranking.lit.best_epoch import BestEpoch, copy_checkpoint, early_stopping
 from ranking.lit.ranking import RankingModule
 from ranking.lit.retrieval import RetrievalModule
 from ranking.lit.sharding import (
@@ -254,9 +255,14 @@ def make_trainer(
     stage: str | None = None,
 ) -> pl.Trainer:
     """A Trainer; with ``stage``, it also keeps ``run_dir/checkpoints/<stage>/last.ckpt``
-    up to date after every epoch (what ``resume=`` continues from)."""
-    callbacks = []
+    up to date after every epoch (what ``resume=`` continues from) and, with
+    ``<stage>.early_stopping.metric``, the best epoch's ``best.ckpt``
+    (:class:`~ranking.lit.best_epoch.BestEpoch`)."""
+    callbacks: list[pl.Callback] = []
     if stage is not None:
+        best = early_stopping(cfg, stage, run_dir / "checkpoints" / stage)
+        if best is not None:
+            callbacks.append(best)
         callbacks.append(
             ModelCheckpoint(
                 dirpath=run_dir / "checkpoints" / stage,
@@ -496,6 +502,8 @@ def train_stage(
     ids: IdTracking | None = None,
 ) -> tuple[pl.LightningModule, dict[str, float]]:
     """Fit one stage, test it, save its checkpoint. Returns (module, test metrics).
+    With ``<stage>.early_stopping.metric`` the best epoch's model is the one tested,
+    saved and returned, and its validation metrics are the module's ``last_metrics``.
 
     ``ids`` records the run's id activity. With ``warm_start.run`` the module
     starts from that run's final model of the stage (:mod:`ranking.warm_start`),
@@ -513,9 +521,18 @@ def train_stage(
     with tracker.child(stage, dm.schema.name, tags) as logger:
         trainer = make_trainer(cfg, cfg[stage].epochs, logger, run_dir, stage=stage)
         trainer.fit(module, datamodule=dm, ckpt_path=resumed)
-        trainer.test(module, datamodule=dm, verbose=False)
+        best = next((c for c in trainer.callbacks if isinstance(c, BestEpoch)), None)
+        kept = best.best_path if best is not None else None
+        if kept is not None:  # early_stopping: test, save and export the best epoch's model
+            module.last_metrics.update(best.best_metrics)  # and report its validation
+            log.info("%s: %s", stage, best.summary())
+            tracker.set_tags({"early_stopping": best.summary()})
+        trainer.test(module, datamodule=dm, verbose=False, ckpt_path=kept)
         ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
-        trainer.save_checkpoint(ckpt)
+        if kept is not None:
+            copy_checkpoint(trainer, kept, ckpt)
+        else:
+            trainer.save_checkpoint(ckpt, weights_only=False)
         metrics = test_metrics(module.last_metrics)
         tracker.log_metrics(metrics)
     return module, metrics

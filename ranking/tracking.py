@@ -116,13 +116,20 @@ class Tracker:
 
         with mlflow.start_run(run_name=stage, nested=True) as run:
             mlflow.set_tags({"stage": stage, "git_commit": git_commit(), "dataset": dataset})
-            # MLflow caps a tag's value at 5,000 characters
-            mlflow.set_tags({k: v[:5000] for k, v in (tags or {}).items()})
+            self.set_tags(tags or {})
             yield StageLogger(
                 experiment_name=self.experiment,
                 tracking_uri=self.tracking_uri,
                 run_id=run.info.run_id,
             )
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags on the active run (inside :meth:`child`: the stage's)."""
+        if self.enabled:
+            import mlflow
+
+            # MLflow caps a tag's value at 5,000 characters
+            mlflow.set_tags({k: v[:5000] for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         if self.enabled:

@@ -34,17 +34,26 @@ def _train(cfg, path, run_dir):
     return pipeline.train_stage("ranking", cfg, path, tracker, run_dir)
 
 
-@pytest.mark.parametrize("warm", [False, True], ids=["from_scratch", "warm_started"])
-def test_killed_then_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch, warm):
+@pytest.mark.parametrize("mode", ["from_scratch", "warm_started", "early_stopped"])
+def test_killed_then_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch, mode):
     """Also for a warm-started run (optimiser state carried, rates continued): the
-    resumed run restores its own checkpoint instead of warm-starting again."""
+    resumed run restores its own checkpoint instead of warm-starting again; and for
+    early stopping (no epoch improves the first's AUC by 1.0: patience 1 stops after
+    epoch 2 of 3), which counts on from the killed run's state and keeps its best."""
     base = [
         *tiny_overrides(tiny_dataset),
         "mlflow.enabled=false",
         "ranking.epochs=2",
         "+trainer.num_sanity_val_steps=0",
     ]
-    if warm:
+    if mode == "early_stopped":
+        base += [
+            "ranking.epochs=3",
+            "ranking.early_stopping.metric=valid/auc/click",
+            "ranking.early_stopping.patience=1",
+            "ranking.early_stopping.min_delta=1.0",
+        ]
+    if mode == "warm_started":
         earlier = compose_train([*base, "ranking.epochs=1"])
         _train(earlier, tiny_dataset, tmp_path / "earlier")
         base.append(f"warm_start.run={tmp_path / 'earlier'}")
@@ -80,6 +89,17 @@ def test_killed_then_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, m
     want, got = full.model.state_dict(), resumed.model.state_dict()
     for k in want:
         assert torch.allclose(want[k], got[k], atol=1e-6), k
+    if mode != "early_stopped":
+        return
+    assert full.trainer.current_epoch == 2  # stopped after epochs 0 and 1 of 3
+    best = torch.load(tmp_path / "resumed" / "checkpoints" / "ranking.ckpt", weights_only=False)
+    assert best["epoch"] == 0  # the kept epoch: the killed run's best.ckpt, carried over
+    # resuming a run that had decided to stop trains nothing more
+    again, again_metrics = _train(
+        compose_train([*base, f"resume={tmp_path / 'full'}"]), tiny_dataset, tmp_path / "again"
+    )
+    assert again.trainer.global_step == full.trainer.global_step
+    assert again_metrics == pytest.approx(full_metrics, nan_ok=True)
 
 
 def test_resume_from_a_missing_run_is_an_error(tiny_dataset, tmp_path):

@@ -343,14 +343,27 @@ def test_sharded_run_resumed_from_its_checkpoint_matches_an_uninterrupted_one(sh
 @pytest.mark.slow
 def test_sharded_run_warm_starts_from_a_sharded_run(sharded_run):
     """A sharded run's weights carry over into the next sharded run; its optimiser
-    state (split across ranks) does not, which the default warm start refuses."""
+    state (split across ranks) does not, which the default warm start refuses.
+    The warm run also keeps its selected epoch (early stopping; the lower AUC of
+    two, so not necessarily the last): its stage checkpoint is that epoch's shards,
+    and the run's test metrics are theirs."""
     work, earlier, _ = sharded_run
     common = [*SHARDED, "stages=[ranking]", "mlflow.enabled=false", f"warm_start.run={earlier}"]
     refused = _cli("ranking-train", *common, "hydra.run.dir=refused", cwd=work)
     assert refused.returncode != 0
     assert "set warm_start.optimizer=false" in refused.stderr, refused.stderr[-2000:]
+    selected = [
+        "ranking.epochs=2",
+        "ranking.early_stopping.metric=valid/auc/click",
+        "ranking.early_stopping.direction=minimize",
+    ]
     warm = _cli(
-        "ranking-train", *common, "warm_start.optimizer=false", "hydra.run.dir=warm", cwd=work
+        "ranking-train",
+        *common,
+        *selected,
+        "warm_start.optimizer=false",
+        "hydra.run.dir=warm",
+        cwd=work,
     )
     assert warm.returncode == 0, warm.stderr[-3000:]
     log = (work / "warm" / "train.log").read_text()
@@ -362,4 +375,17 @@ def test_sharded_run_warm_starts_from_a_sharded_run(sharded_run):
     assert 0 < scheduler["last_epoch"] < steps and "optimiser state carried" not in line
     assert f"warm-up continued from step {scheduler['last_epoch']} of {steps}" in line
     assert "tensors copied" in line
-    assert json.loads((work / "warm" / "metrics.json").read_text())["test/auc/click"] > 0.5
+    trained = json.loads((work / "warm" / "metrics.json").read_text())
+    assert trained["test/auc/click"] > 0.5
+    # early stopping: the stage checkpoint is the kept epoch's shards, tested as such
+    kept = next(x for x in log.splitlines() if "ranking: kept epoch" in x)
+    ckpts = work / "warm" / "checkpoints"
+    best = torch.load(ckpts / "ranking" / "best.ckpt" / "meta.pt", weights_only=False)
+    final = torch.load(ckpts / "ranking.ckpt" / "meta.pt", weights_only=False)
+    assert final["epoch"] == best["epoch"] == 0  # here the first: not the model training ended with
+    assert "kept epoch 1 of 2" in kept
+    assert {p.name for p in (ckpts / "ranking.ckpt").iterdir()} >= {"__0_0.distcp", "__1_0.distcp"}
+    evaluated = _cli("ranking-eval", f"run={work / 'warm'}", cwd=work)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    again = json.loads((work / "warm" / "eval_metrics.json").read_text())
+    assert again["test/auc/click"] == pytest.approx(trained["test/auc/click"], rel=1e-9)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ranking.cli import CONFIG_PATH
 from ranking.data.errors import GUARDED, main_guard
+from ranking.lit.best_epoch import check_early_stopping
 from ranking.lit.sharding import is_lead_process
 from ranking.pipeline import (
     IdTracking,
@@ -49,6 +50,7 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
     data_dir = prepare_dataset(cfg)
     schema = Schema.load(data_dir)
     check_stages(cfg, schema)
+    check_early_stopping(cfg)
     # a sweep needs its objective; a single run only checks one it was given
     needed = _in_sweep()
     check_sharding(cfg, needed)
@@ -109,7 +111,8 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], float]:
         print(
             f"model:   models:/{registered['name']}/{registered['version']} ({registered['model_uri']})"
         )
-    # what a sweeper optimises: by default a validation metric of the last epoch
+    # what a sweeper optimises: by default a validation metric of the last epoch (of
+    # the kept one with early stopping)
     final = {k: v for m in modules.values() for k, v in m.last_metrics.items()}
     name, value = objective_value(cfg, {**final, **metrics}, required=needed)
     print(f"objective: {name} = {value:.4f}")
