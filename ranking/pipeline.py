@@ -256,7 +256,7 @@ def make_trainer(
 ) -> pl.Trainer:
     """A Trainer; with ``stage``, it also keeps ``run_dir/checkpoints/<stage>/last.ckpt``
     up to date after every epoch (what ``resume=`` continues from) and, with
-    ``<stage>.early_stopping.metric``, the best epoch's ``best.ckpt``
+    ``<stage>.early_stopping.metric``, the best epoch's ``best-step<N>.ckpt``
     (:class:`~ranking.lit.best_epoch.BestEpoch`)."""
     callbacks: list[pl.Callback] = []
     if stage is not None:
@@ -520,13 +520,16 @@ def train_stage(
         tags["warm_start"] = f"from {run}: resumed from {resumed}"
     with tracker.child(stage, dm.schema.name, tags) as logger:
         trainer = make_trainer(cfg, cfg[stage].epochs, logger, run_dir, stage=stage)
-        trainer.fit(module, datamodule=dm, ckpt_path=resumed)
         best = next((c for c in trainer.callbacks if isinstance(c, BestEpoch)), None)
-        kept = best.best_path if best is not None else None
-        if kept is not None:  # early_stopping: test, save and export the best epoch's model
+        if best is not None and resumed is not None:
+            best.resume_dir = resumed.parent  # where the killed run kept its best
+        trainer.fit(module, datamodule=dm, ckpt_path=resumed)
+        kept = best.adopt(trainer) if best is not None else None
+        if best is not None:  # early_stopping: test, save and export the best epoch's model
+            summary = best.summary()  # before the test, which reloads the callback's state
+            (log.info if kept is not None else log.warning)("%s: %s", stage, summary)
+            tracker.set_tags({"early_stopping": summary})
             module.last_metrics.update(best.best_metrics)  # and report its validation
-            log.info("%s: %s", stage, best.summary())
-            tracker.set_tags({"early_stopping": best.summary()})
         trainer.test(module, datamodule=dm, verbose=False, ckpt_path=kept)
         ckpt = run_dir / "checkpoints" / CHECKPOINTS[stage]
         if kept is not None:

@@ -11,7 +11,7 @@ import torch
 
 import ranking.pipeline as pipeline
 from ranking.data.errors import ConfigError
-from ranking.lit.best_epoch import BEST_FILE, check_early_stopping
+from ranking.lit.best_epoch import check_early_stopping
 from ranking.modules.fused_embedding import fused_optimizer
 from ranking.tracking import Tracker
 from tests.conftest import compose_train, tiny_overrides
@@ -91,7 +91,9 @@ def test_the_kept_model_is_the_selected_epochs(
     assert module.last_metrics[metric] == pytest.approx(record.values[kept])
     _assert_same(record.weights[kept], module.model.state_dict())
     saved = torch.load(tmp_path / "checkpoints" / pipeline.CHECKPOINTS[stage], weights_only=False)
-    best = torch.load(tmp_path / "checkpoints" / stage / BEST_FILE, weights_only=False)
+    (best_file,) = (tmp_path / "checkpoints" / stage).glob("best-step*.ckpt")  # older ones dropped
+    best = torch.load(best_file, weights_only=False)
+    assert best_file.name == f"best-step{best['global_step']}.ckpt"
     assert saved["epoch"] == best["epoch"] == kept
     _assert_same(best["state_dict"], saved["state_dict"])
     _assert_same(
@@ -105,6 +107,40 @@ def test_the_kept_model_is_the_selected_epochs(
             *(record.accumulators[e]["item_id.weight/item_id.weight.momentum_1"] for e in (kept, 2))
         )
     assert any(k.startswith("test/") for k in metrics)
+
+
+class RecordChecks(pl.Callback):
+    """(global step, value) of every validation during training."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric, self.checks = metric, []
+
+    def on_validation_end(self, trainer, module) -> None:
+        if not trainer.sanity_checking:
+            self.checks.append((trainer.global_step, float(trainer.callback_metrics[self.metric])))
+
+
+def test_checks_within_an_epoch_keep_the_best_check(tiny_dataset, tmp_path, monkeypatch):
+    """val_check_interval 0.25: four checks in the one epoch; the kept model is the
+    one at the step of the best (here the "worst" AUC: not the last check)."""
+    metric = "valid/auc/click"
+    overrides = [
+        *tiny_overrides(tiny_dataset),
+        "mlflow.enabled=false",
+        "+trainer.val_check_interval=0.25",
+        f"ranking.early_stopping.metric={metric}",
+        "ranking.early_stopping.direction=minimize",
+    ]
+    record = RecordChecks(metric)
+    module, _ = _train(
+        "ranking", compose_train(overrides), tiny_dataset, tmp_path, monkeypatch, record
+    )
+    assert len(record.checks) == 4
+    step, value = min(record.checks, key=lambda c: c[1])
+    assert step != record.checks[-1][0], record.checks
+    saved = torch.load(tmp_path / "checkpoints" / "ranking.ckpt", weights_only=False)
+    assert saved["global_step"] == step
+    assert module.last_metrics[metric] == pytest.approx(value)
 
 
 def test_patience_stops_training(tiny_dataset, tmp_path):
@@ -176,6 +212,17 @@ def test_an_unknown_metric_names_what_the_stage_logs(tiny_dataset, tmp_path):
         (
             ["ranking.early_stopping.metric=valid/auc/click", "trainer.limit_val_batches=0"],
             "limit_val_batches=0",
+        ),
+        (
+            [
+                "ranking.early_stopping.metric=valid/auc/click",
+                "ranking.early_stopping.min_delta=null",
+            ],
+            "min_delta=None",
+        ),
+        (
+            ["ranking.early_stopping.metric=valid/auc/click", "+trainer.check_val_every_n_epoch=2"],
+            "no validation would run",
         ),
     ],
 )

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from ranking.data.datamodule import RecDataModule
 from ranking.models.dlrm import attention_pairs
 from ranking.modules.fused_embedding import position_key, with_positions
+from ranking.modules.mixture import MixtureOfExperts
 from ranking.modules.sequence_match import SequenceMatch
 from ranking.modules.task_heads import TaskHeads, logit_of_product
 from ranking.pipeline import build_ranking
@@ -29,6 +30,7 @@ VARIANTS = {
     "attention_dot": ["ranking.model.attention=true", "ranking.model.interaction=dot"],
     "match_off": ["ranking.model.match=false"],
     "single_task": ["ranking.model.tasks=[click]"],
+    "mmoe": ["ranking.model.experts=3"],
     "plain_tables": ["optimizer@ranking.optimizer=adam"],
 }
 
@@ -64,6 +66,7 @@ def test_variant_trains_and_scripted_predictor_matches(variant, tiny_dataset, ti
     assert type(model.head.interaction).__name__ == want_interaction
     assert bool(model.positions) == bool(cfg.ranking.model.attention)
     assert len(model.head.matchers) == (3 if cfg.ranking.model.match else 0)
+    assert isinstance(model.head.over_arch, MixtureOfExperts) == (variant == "mmoe")
 
     batches = [b for _, b in zip(range(3), tiny_dm.train_dataloader(), strict=False)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -164,3 +167,49 @@ def test_default_config_is_multi_task_esmm(tiny_dataset):
     assert model_cfg["tasks"] == ["click", "purchase"]
     assert model_cfg["esmm"] == {"purchase": "click"}
     assert model_cfg["sparse_optimizer"]["type"] == "rowwise_adagrad"
+
+
+def test_mixture_of_experts_by_hand():
+    """Two one-unit experts relu(x0) and relu(x1); gate logits for task 0 are
+    (x0, 0), for task 1 (0, ln 3) whatever x: h_t = sum_e softmax(gate_t)_e expert_e."""
+    moe = MixtureOfExperts(2, [1], experts=2, tasks=2)
+    with torch.no_grad():
+        for e, expert in enumerate(moe.experts):
+            expert.net[0].weight.copy_(torch.eye(2)[e : e + 1])
+            expert.net[0].bias.zero_()
+        moe.gates.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+        moe.gates.bias.copy_(torch.tensor([0.0, 0.0, 0.0, math.log(3.0)]))
+    x = torch.tensor([[2.0, 4.0], [-1.0, 3.0]])
+    w0 = [math.exp(2) / (math.exp(2) + 1), math.exp(-1) / (math.exp(-1) + 1)]  # task 0, expert 0
+    want = torch.tensor(
+        [
+            [[w0[0] * 2 + (1 - w0[0]) * 4], [0.25 * 2 + 0.75 * 4]],
+            [[w0[1] * 0 + (1 - w0[1]) * 3], [0.25 * 0 + 0.75 * 3]],
+        ]
+    )
+    got = moe(x)
+    assert got.shape == (2, 2, 1)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(moe.weights(x).sum(-1), torch.ones(2, 2))
+
+
+def test_mixture_heads_read_one_input_per_task_and_export(tiny_dataset, tiny_dm):
+    """With experts, tower t reads mixture t (a tower fed another task's mixture
+    would give another logit), and the head goes through torch.export unchanged."""
+    torch.manual_seed(0)
+    cfg = compose_train([*tiny_overrides(tiny_dataset), "ranking.model.experts=2"])
+    model = build_ranking(cfg, tiny_dm.schema).model.eval()
+    batch = next(iter(tiny_dm.test_dataloader()))
+    inputs = model.head_inputs(batch)
+    with torch.no_grad():
+        mixed = model.head.hidden(*inputs)
+        assert mixed.shape == (len(batch), 2, cfg.ranking.model.over_arch[-1])
+        own = model.head.heads.own_logits(mixed)
+        by_hand = torch.cat(
+            [tower(mixed[:, t]) for t, tower in enumerate(model.head.heads.towers)], dim=1
+        )
+        assert torch.equal(own, by_hand)
+        swapped = model.head.heads.towers[0](mixed[:, 1])
+        assert not torch.allclose(swapped, own[:, :1])
+        program = torch.export.export(model.head, tuple(inputs))
+        assert torch.allclose(program.module()(*inputs), model.head(*inputs), atol=1e-6)

@@ -92,8 +92,10 @@ def test_killed_then_resumed_run_matches_uninterrupted(tiny_dataset, tmp_path, m
     if mode != "early_stopped":
         return
     assert full.trainer.current_epoch == 2  # stopped after epochs 0 and 1 of 3
-    best = torch.load(tmp_path / "resumed" / "checkpoints" / "ranking.ckpt", weights_only=False)
-    assert best["epoch"] == 0  # the kept epoch: the killed run's best.ckpt, carried over
+    kept = torch.load(tmp_path / "resumed" / "checkpoints" / "ranking.ckpt", weights_only=False)
+    assert kept["epoch"] == 0  # the kept epoch: the killed run's best, carried over
+    (copied,) = (tmp_path / "resumed" / "checkpoints" / "ranking").glob("best-step*.ckpt")
+    assert torch.load(copied, weights_only=False)["epoch"] == 0
     # resuming a run that had decided to stop trains nothing more
     again, again_metrics = _train(
         compose_train([*base, f"resume={tmp_path / 'full'}"]), tiny_dataset, tmp_path / "again"

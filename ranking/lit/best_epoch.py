@@ -5,10 +5,11 @@ turns it on. After every validation, :class:`BestEpoch` compares the metric with
 the best so far:
 
 - an improvement (by more than ``min_delta``, in the metric's ``direction``)
-  writes ``checkpoints/<stage>/best.ckpt``, a full checkpoint (weights, the
-  dense and the fused optimisers' state, the schedule);
+  writes ``checkpoints/<stage>/best-step<N>.ckpt``, a full checkpoint (weights,
+  the dense and the fused optimisers' state, the schedule);
 - after ``patience`` validations without one, training stops (``null``: every
-  epoch runs, and the best is kept).
+  epoch runs, and the best is kept). A metric that is not finite (NaN) stops
+  training too, keeping the best before it.
 
 The stage then tests the best checkpoint and saves it as its final model
 (``checkpoints/<stage>.ckpt``), the model that ``ranking-eval``, the export and a
@@ -19,8 +20,8 @@ The comparison, the patience count, the stop on a non-finite metric and the stat
 saved with every ``last.ckpt`` come from Lightning's ``EarlyStopping``. A run
 resumed from ``last.ckpt`` therefore counts on from where it was killed. When the
 killed run had already decided to stop, the resumed run stops too instead of
-training another epoch, and the earlier run's ``best.ckpt`` is copied into the
-new run directory.
+training another epoch, and the earlier run's best checkpoint is copied into
+the new run directory.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ from ranking.data.errors import ConfigError
 
 log = logging.getLogger("ranking")
 
-BEST_FILE = "best.ckpt"
 MODES = {"maximize": "max", "minimize": "min"}
 
 
 class BestEpoch(EarlyStopping):
     """Lightning's EarlyStopping that also keeps the best checkpoint.
+
+    The best is written as ``best-step<N>.ckpt`` (through a temporary name, then
+    renamed, so a kill never leaves a torn file). The previous best is deleted
+    only when the next one is written: until then the last ``last.ckpt`` may
+    still name it.
 
     Args:
         metric: a validation metric the stage logs (``valid/...``).
@@ -54,7 +59,7 @@ class BestEpoch(EarlyStopping):
         patience: validations without improvement before training stops; None:
             never stop early (only keep the best).
         min_delta: the smallest change that counts as an improvement.
-        dirpath: where ``best.ckpt`` goes (the stage's checkpoint directory).
+        dirpath: the stage's checkpoint directory (where the best goes).
         stage: the stage's name, for messages (``ranking.early_stopping...``).
     """
 
@@ -75,15 +80,16 @@ class BestEpoch(EarlyStopping):
             strict=True,
             verbose=True,
         )
-        self.path = Path(dirpath) / BEST_FILE
+        self.dirpath = Path(dirpath)
         self.stage = stage
         #: (0-based) epoch and global step of the best validation so far, its valid/* metrics
         self.best_epoch: int | None = None
         self.best_step = 0
         self.best_metrics: dict[str, float] = {}
-        # where the best checkpoint is (a resumed run: the earlier run's, until copied)
-        self._saved_at: Path | None = None
+        self.best_name: str | None = None  # its file in the stage's checkpoint directory
         self.epochs_run = self.steps_run = 0
+        #: a resumed run: the killed run's checkpoint directory (where its best is)
+        self.resume_dir: Path | None = None
 
     # ---- the check, around EarlyStopping's -----------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -107,58 +113,84 @@ class BestEpoch(EarlyStopping):
             )
         before = self.best_score.clone()
         check(trainer, module)  # EarlyStopping: compare, count, maybe stop
-        if torch.equal(self.best_score.cpu(), before.cpu()):
+        improved = not torch.equal(self.best_score.cpu(), before.cpu())
+        # every rank saves (a sharded checkpoint is collective): rank 0's decision for all
+        if not trainer.strategy.broadcast(improved, src=0):
             return
         self.best_epoch, self.best_step = trainer.current_epoch, trainer.global_step
-        self.best_metrics = {
-            k: float(v) for k, v in logged.items() if k.startswith("valid/") and v.numel() == 1
+        self.best_metrics = {  # as the module reports them (its objective's source)
+            k: float(v) for k, v in module.last_metrics.items() if k.startswith("valid/")
         }
-        trainer.save_checkpoint(self.path, weights_only=False)  # optimisers too: a warm start's
-        self._saved_at = self.path
+        self._save(trainer, f"best-step{trainer.global_step}.ckpt")
+
+    def _save(self, trainer: pl.Trainer, name: str) -> None:
+        """Write the best under ``name``; keep the previous best, drop any older."""
+        tmp = self.dirpath / f".{name}.partial"
+        trainer.save_checkpoint(tmp, weights_only=False)  # optimisers too: a warm start's
+        if trainer.is_global_zero:
+            _remove(self.dirpath / name)
+            tmp.rename(self.dirpath / name)
+            self._prune({name, self.best_name})
+        trainer.strategy.barrier()
+        self.best_name = name
+
+    def _prune(self, keep: set[str | None]) -> None:
+        for old in self.dirpath.glob("best-step*.ckpt"):
+            if old.name not in keep:
+                _remove(old)
 
     # ---- resume --------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        earlier = self._saved_at
-        if earlier is not None and earlier != self.path:
-            # resumed from another run's last.ckpt: its best checkpoint, into this run
-            if trainer.is_global_zero:
-                _copy(earlier, self.path)
-            trainer.strategy.barrier()
-            self._saved_at = self.path
+        self.adopt(trainer)
         if self.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
             trainer.should_stop = True  # the killed run had already decided to stop
+
+    def adopt(self, trainer: pl.Trainer) -> Path | None:
+        """The best checkpoint, in this run's directory: a resumed run's best is the
+        killed run's until copied here. Called on every rank where ``last.ckpt``
+        names the current best (when training starts or ends); rank 0 copies and
+        drops the older bests. None: no validation has run."""
+        if self.best_name is None:
+            return None
+        here = self.dirpath / self.best_name
+        there = self.resume_dir / self.best_name if self.resume_dir is not None else None
+        if not here.exists() and (there is None or not there.exists()):
+            raise ConfigError(
+                f"{self.stage}: early stopping's best checkpoint {self.best_name} is "
+                f"neither in {self.dirpath} nor in the resumed run's {self.resume_dir}"
+            )
+        if trainer.is_global_zero:
+            if not here.exists():
+                _copy(there, here)
+            self._prune({self.best_name})
+        trainer.strategy.barrier()
+        return here
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
             "best_epoch": self.best_epoch,
             "best_step": self.best_step,
-            "steps_run": self.steps_run,
             "best_metrics": dict(self.best_metrics),
-            "best_path": str(self._saved_at) if self._saved_at is not None else None,
+            "best_name": self.best_name,
             "epochs_run": self.epochs_run,
+            "steps_run": self.steps_run,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.best_epoch = state_dict.get("best_epoch")
         self.best_step = int(state_dict.get("best_step", 0))
-        self.steps_run = int(state_dict.get("steps_run", 0))
         self.best_metrics = dict(state_dict.get("best_metrics") or {})
-        path = state_dict.get("best_path")
-        self._saved_at = Path(path) if path else None
+        self.best_name = state_dict.get("best_name")
         self.epochs_run = int(state_dict.get("epochs_run", 0))
+        self.steps_run = int(state_dict.get("steps_run", 0))
 
     # ---- the result ----------------------------------------------------------------
-    @property
-    def best_path(self) -> Path | None:
-        """The best checkpoint (None: no validation ran)."""
-        return self._saved_at
-
     def summary(self) -> str:
         """One line: which epoch was kept and why training ended."""
         if self.best_epoch is None:
-            return f"no validation of {self.monitor}: the last epoch is kept"
+            return f"no validation of {self.monitor} ran: the last model is kept"
         value = self.best_metrics.get(self.monitor, float("nan"))
         ended = (
             f"stopped early ({self.stopping_reason_message})"
@@ -171,13 +203,17 @@ class BestEpoch(EarlyStopping):
         )
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def _copy(source: Path, target: Path) -> None:
     """Copy a checkpoint: a file, or a sharded run's directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_dir():
-        shutil.rmtree(target)
-    elif target.exists():
-        target.unlink()
+    _remove(target)
     if source.is_dir():
         shutil.copytree(source, target)
     else:
@@ -226,8 +262,15 @@ def check_early_stopping(cfg: DictConfig) -> None:
         patience = node.get("patience")
         if patience is not None and (type(patience) is not int or patience < 1):
             raise ConfigError(f"{key}.patience={patience!r}: a whole number >= 1, or null")
-        if float(node.get("min_delta", 0.0)) < 0:
-            raise ConfigError(f"{key}.min_delta={node.min_delta!r}: must be >= 0")
+        delta = node.get("min_delta", 0.0)
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
+            raise ConfigError(f"{key}.min_delta={delta!r}: a number >= 0")
+        every = OmegaConf.select(cfg, "trainer.check_val_every_n_epoch", default=1) or 1
+        if int(every) > int(cfg[stage].epochs):
+            raise ConfigError(
+                f"{key}.metric={metric!r}: trainer.check_val_every_n_epoch={every} exceeds "
+                f"{stage}.epochs={cfg[stage].epochs}, so no validation would run"
+            )
         if OmegaConf.select(cfg, "trainer.limit_val_batches") == 0:
             raise ConfigError(
                 f"{key}.metric={metric!r} needs validation, but trainer.limit_val_batches=0"

@@ -63,7 +63,10 @@ class DLRM(nn.Module):
         embedding_dim: width D of every table (the interactions need one width;
             a multiple of 4 for the fused tables).
         dense_arch: hidden sizes of the bottom MLP (its output is D).
-        over_arch: hidden sizes of the shared top MLP.
+        over_arch: hidden sizes of the shared top MLP (of each expert, with ``experts``).
+        experts: 0: one over arch shared by every task; E >= 1: a multi-gate mixture
+            of E experts of that shape, one softmax gate per task (MMoE, see
+            :class:`~ranking.modules.mixture.MixtureOfExperts`).
         esmm: conditional task -> parent task, e.g. ``{"purchase": "click"}``:
             the purchase output is pCTR x pCVR (see :class:`~ranking.modules.task_heads.TaskHeads`).
         interaction: ``dot`` (DLRM) or ``dcn`` (DCN-v2).
@@ -105,6 +108,7 @@ class DLRM(nn.Module):
         task_arch: list[int] | None = None,
         dropout: float = 0.0,
         sparse_optimizer: dict[str, Any] | None = None,
+        experts: int = 0,
     ) -> None:
         super().__init__()
         features = schema.sparse()
@@ -141,6 +145,7 @@ class DLRM(nn.Module):
             esmm=self.esmm,
             dropout=dropout,
             match=pairs if match else [],
+            experts=experts,
         )
 
     @property

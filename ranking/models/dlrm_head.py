@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ranking.modules.interaction import make_interaction
+from ranking.modules.mixture import MixtureOfExperts
 from ranking.modules.mlp import MLP
 from ranking.modules.sequence_match import SequenceMatch
 from ranking.modules.target_attention import TargetAttention
@@ -46,6 +47,9 @@ class DLRMHead(nn.Module):
         task_arch: hidden sizes of each task tower.
         esmm: conditional task -> parent task.
         dropout: dropout between the over arch's layers.
+        experts: 0: the over arch is shared by every task; E >= 1: it is a
+            :class:`~ranking.modules.mixture.MixtureOfExperts` of E such MLPs with
+            one gate per task, and each task tower reads its own mixture.
 
     Shapes: ({name: [B, D]}, {sequence: [B, L, D]}, {name: int64 ids}, [B, D_dense])
     -> logits [B, T]. ``ids`` holds each attention/match sequence padded with -1
@@ -68,6 +72,7 @@ class DLRMHead(nn.Module):
         esmm: dict[str, str] | None = None,
         dropout: float = 0.0,
         match: list[tuple[str, str]] | None = None,
+        experts: int = 0,
     ) -> None:
         super().__init__()
         attention = list(attention or [])
@@ -89,7 +94,14 @@ class DLRMHead(nn.Module):
             embedding_dim,
             **(interaction_options or {}),
         )
-        self.over_arch = MLP(self.interaction.output_dim, list(over_arch), dropout=dropout)
+        if experts < 0:
+            raise ValueError(f"experts={experts}: 0 (one shared over arch) or a count >= 1")
+        width = self.interaction.output_dim
+        self.over_arch: nn.Module = (
+            MixtureOfExperts(width, list(over_arch), experts, len(tasks), dropout)
+            if experts
+            else MLP(width, list(over_arch), dropout=dropout)
+        )
         self.heads = TaskHeads(self.over_arch.out_dim, list(tasks), task_arch, esmm)
 
     def hidden(
@@ -99,7 +111,8 @@ class DLRMHead(nn.Module):
         ids: dict[str, torch.Tensor],
         dense: torch.Tensor,
     ) -> torch.Tensor:
-        """The over-arch output [B, H] the task towers read."""
+        """The over-arch output the task towers read: [B, H], or one mixture per
+        task [B, T, H] with experts."""
         parts = [dense]
         for i, matcher in enumerate(self.matchers):  # a ModuleList: TorchScript unrolls it
             seq, cand = self.match_sequences[i], self.match_candidates[i]

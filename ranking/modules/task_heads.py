@@ -43,7 +43,8 @@ class TaskHeads(nn.Module):
         >>> heads(torch.randn(3, 8)).shape
         torch.Size([3, 2])
 
-    Shapes: [B, in_dim] -> logits [B, T] (ESMM tasks: logit of the joint probability).
+    Shapes: [B, in_dim] or [B, T, in_dim] -> logits [B, T] (ESMM tasks: logit of the
+    joint probability).
     """
 
     def __init__(
@@ -71,7 +72,11 @@ class TaskHeads(nn.Module):
         )
 
     def own_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Each tower's own logit [B, T] (conditional ones for ESMM tasks, e.g. pCVR)."""
+        """Each tower's own logit [B, T] (conditional ones for ESMM tasks, e.g. pCVR),
+        from the shared input [B, in_dim] or from one input per task [B, T, in_dim]
+        (a mixture of experts' outputs)."""
+        if x.dim() == 3:
+            return torch.cat([tower(x[:, i]) for i, tower in enumerate(self.towers)], dim=1)
         return torch.cat([tower(x) for tower in self.towers], dim=1)
 
     def compose(self, own: torch.Tensor) -> torch.Tensor:
