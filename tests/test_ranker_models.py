@@ -31,6 +31,11 @@ VARIANTS = {
     "match_off": ["ranking.model.match=false"],
     "single_task": ["ranking.model.tasks=[click]"],
     "mmoe": ["ranking.model.experts=3"],
+    "ple": [
+        "ranking.model.experts=2",
+        "ranking.model.task_experts=1",
+        "ranking.model.expert_levels=2",
+    ],
     "plain_tables": ["optimizer@ranking.optimizer=adam"],
 }
 
@@ -66,7 +71,7 @@ def test_variant_trains_and_scripted_predictor_matches(variant, tiny_dataset, ti
     assert type(model.head.interaction).__name__ == want_interaction
     assert bool(model.positions) == bool(cfg.ranking.model.attention)
     assert len(model.head.matchers) == (3 if cfg.ranking.model.match else 0)
-    assert isinstance(model.head.over_arch, MixtureOfExperts) == (variant == "mmoe")
+    assert isinstance(model.head.over_arch, MixtureOfExperts) == (variant in ("mmoe", "ple"))
 
     batches = [b for _, b in zip(range(3), tiny_dm.train_dataloader(), strict=False)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -170,15 +175,18 @@ def test_default_config_is_multi_task_esmm(tiny_dataset):
 
 
 def test_mixture_of_experts_by_hand():
-    """Two one-unit experts relu(x0) and relu(x1); gate logits for task 0 are
+    """MMoE: two one-unit experts relu(x0) and relu(x1); gate logits for task 0 are
     (x0, 0), for task 1 (0, ln 3) whatever x: h_t = sum_e softmax(gate_t)_e expert_e."""
     moe = MixtureOfExperts(2, [1], experts=2, tasks=2)
+    (layer,) = moe.layers
     with torch.no_grad():
-        for e, expert in enumerate(moe.experts):
+        for e, expert in enumerate(layer.shared):
             expert.net[0].weight.copy_(torch.eye(2)[e : e + 1])
             expert.net[0].bias.zero_()
-        moe.gates.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
-        moe.gates.bias.copy_(torch.tensor([0.0, 0.0, 0.0, math.log(3.0)]))
+        layer.tasks[0].gate.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+        layer.tasks[0].gate.bias.zero_()
+        layer.tasks[1].gate.weight.zero_()
+        layer.tasks[1].gate.bias.copy_(torch.tensor([0.0, math.log(3.0)]))
     x = torch.tensor([[2.0, 4.0], [-1.0, 3.0]])
     w0 = [math.exp(2) / (math.exp(2) + 1), math.exp(-1) / (math.exp(-1) + 1)]  # task 0, expert 0
     want = torch.tensor(
@@ -190,14 +198,44 @@ def test_mixture_of_experts_by_hand():
     got = moe(x)
     assert got.shape == (2, 2, 1)
     assert torch.allclose(got, want, atol=1e-6)
-    assert torch.allclose(moe.weights(x).sum(-1), torch.ones(2, 2))
+    assert len(layer.shared_gate) == 0 and not any(len(task.experts) for task in layer.tasks)
 
 
-def test_mixture_heads_read_one_input_per_task_and_export(tiny_dataset, tiny_dm):
+def test_ple_matches_a_loop_over_rows_and_experts():
+    """PLE, 2 levels, S=2 shared and K=1 own expert per task, T=2: every output
+    recomputed row by row from the parameters (softmax weights by hand)."""
+    torch.manual_seed(0)
+    ple = MixtureOfExperts(3, [4], experts=2, tasks=2, task_experts=1, levels=2).eval()
+    x = torch.randn(5, 3)
+
+    def mix(gate, v, experts_out):
+        logits = [float(gate.weight[e] @ v + gate.bias[e]) for e in range(len(experts_out))]
+        z = sum(math.exp(v_) for v_ in logits)
+        return sum(math.exp(l_) / z * out for l_, out in zip(logits, experts_out, strict=True))
+
+    with torch.no_grad():
+        got = ple(x)
+        for b in range(5):
+            task_in, shared_in = [x[b], x[b]], x[b]
+            for layer in ple.layers:
+                common = [expert(shared_in) for expert in layer.shared]
+                own = [[expert(task_in[t]) for expert in layer.tasks[t].experts] for t in range(2)]
+                outs = [mix(layer.tasks[t].gate, task_in[t], own[t] + common) for t in range(2)]
+                if len(layer.shared_gate):
+                    shared_in = mix(layer.shared_gate[0], shared_in, own[0] + own[1] + common)
+                task_in = outs
+            for t in range(2):
+                assert torch.allclose(got[b, t], task_in[t], atol=1e-5)
+    assert [len(layer.shared_gate) for layer in ple.layers] == [1, 0]
+    assert torch.jit.script(ple)(x).allclose(got, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["mmoe", "ple"])
+def test_mixture_heads_read_one_input_per_task_and_export(tiny_dataset, tiny_dm, variant):
     """With experts, tower t reads mixture t (a tower fed another task's mixture
     would give another logit), and the head goes through torch.export unchanged."""
     torch.manual_seed(0)
-    cfg = compose_train([*tiny_overrides(tiny_dataset), "ranking.model.experts=2"])
+    cfg = compose_train([*tiny_overrides(tiny_dataset), *VARIANTS[variant]])
     model = build_ranking(cfg, tiny_dm.schema).model.eval()
     batch = next(iter(tiny_dm.test_dataloader()))
     inputs = model.head_inputs(batch)

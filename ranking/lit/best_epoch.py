@@ -49,9 +49,9 @@ class BestEpoch(EarlyStopping):
     """Lightning's EarlyStopping that also keeps the best checkpoint.
 
     The best is written as ``best-step<N>.ckpt`` (through a temporary name, then
-    renamed, so a kill never leaves a torn file). The previous best is deleted
-    only when the next one is written: until then the last ``last.ckpt`` may
-    still name it.
+    renamed, so a kill never leaves a torn file). A new best keeps the previous
+    one beside it, since the last ``last.ckpt`` may still name that one; older
+    ones go, and the previous one too once training starts or ends.
 
     Args:
         metric: a validation metric the stage logs (``valid/...``).
@@ -135,7 +135,8 @@ class BestEpoch(EarlyStopping):
         self.best_name = name
 
     def _prune(self, keep: set[str | None]) -> None:
-        for old in self.dirpath.glob("best-step*.ckpt"):
+        """Drop the best checkpoints not in ``keep`` (and a killed write's leftovers)."""
+        for old in [*self.dirpath.glob("best-step*.ckpt"), *self.dirpath.glob(".best-step*")]:
             if old.name not in keep:
                 _remove(old)
 

@@ -67,6 +67,8 @@ class DLRM(nn.Module):
         experts: 0: one over arch shared by every task; E >= 1: a multi-gate mixture
             of E experts of that shape, one softmax gate per task (MMoE, see
             :class:`~ranking.modules.mixture.MixtureOfExperts`).
+        task_experts: PLE: K experts of each task's own beside the shared ones.
+        expert_levels: PLE: stacked extraction layers (1: CGC).
         esmm: conditional task -> parent task, e.g. ``{"purchase": "click"}``:
             the purchase output is pCTR x pCVR (see :class:`~ranking.modules.task_heads.TaskHeads`).
         interaction: ``dot`` (DLRM) or ``dcn`` (DCN-v2).
@@ -109,6 +111,8 @@ class DLRM(nn.Module):
         dropout: float = 0.0,
         sparse_optimizer: dict[str, Any] | None = None,
         experts: int = 0,
+        task_experts: int = 0,
+        expert_levels: int = 1,
     ) -> None:
         super().__init__()
         features = schema.sparse()
@@ -146,6 +150,8 @@ class DLRM(nn.Module):
             dropout=dropout,
             match=pairs if match else [],
             experts=experts,
+            task_experts=task_experts,
+            expert_levels=expert_levels,
         )
 
     @property

@@ -49,7 +49,9 @@ class DLRMHead(nn.Module):
         dropout: dropout between the over arch's layers.
         experts: 0: the over arch is shared by every task; E >= 1: it is a
             :class:`~ranking.modules.mixture.MixtureOfExperts` of E such MLPs with
-            one gate per task, and each task tower reads its own mixture.
+            one gate per task (MMoE), and each task tower reads its own mixture.
+        task_experts, expert_levels: PLE: K experts of each task's own beside the
+            E shared ones, in ``expert_levels`` stacked extraction layers.
 
     Shapes: ({name: [B, D]}, {sequence: [B, L, D]}, {name: int64 ids}, [B, D_dense])
     -> logits [B, T]. ``ids`` holds each attention/match sequence padded with -1
@@ -73,6 +75,8 @@ class DLRMHead(nn.Module):
         dropout: float = 0.0,
         match: list[tuple[str, str]] | None = None,
         experts: int = 0,
+        task_experts: int = 0,
+        expert_levels: int = 1,
     ) -> None:
         super().__init__()
         attention = list(attention or [])
@@ -94,12 +98,18 @@ class DLRMHead(nn.Module):
             embedding_dim,
             **(interaction_options or {}),
         )
-        if experts < 0:
-            raise ValueError(f"experts={experts}: 0 (one shared over arch) or a count >= 1")
         width = self.interaction.output_dim
         self.over_arch: nn.Module = (
-            MixtureOfExperts(width, list(over_arch), experts, len(tasks), dropout)
-            if experts
+            MixtureOfExperts(
+                width,
+                list(over_arch),
+                experts,
+                len(tasks),
+                task_experts=task_experts,
+                levels=expert_levels,
+                dropout=dropout,
+            )
+            if experts or task_experts
             else MLP(width, list(over_arch), dropout=dropout)
         )
         self.heads = TaskHeads(self.over_arch.out_dim, list(tasks), task_arch, esmm)
