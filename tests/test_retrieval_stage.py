@@ -11,6 +11,7 @@ import torch
 from ranking.data.availability import read_windows
 from ranking.data.datamodule import RecDataModule
 from ranking.data.retrieval_stats import item_counts
+from ranking.modules.sequence_pooling import TransformerPooling
 from ranking.pipeline import train_stage
 from ranking.tracking import Tracker
 from tests.conftest import compose_train, tiny_overrides
@@ -75,11 +76,14 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
         ),
         # streaming logQ, hard negatives, the impression loss and the exposure-aware
         # softmax (the loader then yields every positive and half of the other
-        # impressions), id dropout, bias terms, plain tables under Adam; the whole
-        # corpus ranked (availability windows ignored)
+        # impressions), id dropout, bias terms, transformer pooling, plain tables
+        # under Adam; the whole corpus ranked (availability windows ignored)
         (
             [
                 "retrieval.model.bias_terms=true",
+                "retrieval.model.sequence_pooling=transformer",
+                "retrieval.model.transformer_layers=1",
+                "retrieval.model.transformer_dropout=0.1",
                 "optimizer@retrieval.optimizer=adam",
                 "retrieval.task.logq_source=streaming",
                 "retrieval.task.hard_negatives=true",
@@ -94,7 +98,7 @@ def test_slice_loader_yields_exactly_the_random_rows(tiny_dataset):
             False,
         ),
     ],
-    ids=["corpus-mixed-attention-mlflow", "streaming-hard-impressions-exposure"],
+    ids=["corpus-mixed-attention-mlflow", "streaming-hard-impressions-exposure-transformer"],
 )
 def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, tracked):
     import mlflow
@@ -160,6 +164,9 @@ def test_retrieval_stage_reports_every_metric(tiny_dataset, tmp_path, options, t
         assert module.model.out_dim == cfg.retrieval.model.out_dim + 2  # [e, b, 1]
         assert not module.model.fused
         assert task.row_prob.sum().item() == pytest.approx(1.0)
+        poolers = module.model.poolers.values()
+        assert poolers and all(isinstance(p, TransformerPooling) for p in poolers)
+        assert all(len(p.blocks) == 1 for p in poolers)
         return
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("retrieval-test")

@@ -1,4 +1,5 @@
-"""Two-tower model: shared item table, attention pooling, plain-torch export parity."""
+"""Two-tower model: shared item table, attention and transformer pooling, plain-torch
+export parity."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from ranking.data.datamodule import RecDataModule
 from ranking.models.two_tower import TwoTower
 from ranking.modules.fused_embedding import position_key
-from ranking.modules.sequence_pooling import AttentionPooling
+from ranking.modules.sequence_pooling import AttentionPooling, TransformerPooling
 from ranking.schema import Kind, Side
 from ranking.serving.convert import flat_inputs, user_tower_predictor
 from tests.test_bundle import BLOCKER
@@ -24,15 +25,16 @@ def dm(tiny_dataset) -> RecDataModule:
     return dm
 
 
-def _attention_model(schema, heads: int = 2) -> TwoTower:
+def _attention_model(schema, heads: int = 2, pooling: str = "attention") -> TwoTower:
     torch.manual_seed(0)
     model = TwoTower(
         schema,
         hidden=[16],
         out_dim=8,
-        sequence_pooling="attention",
+        sequence_pooling=pooling,
         attention_heads=heads,
         attention_hidden=8,
+        transformer_dropout=0.1,  # off in eval: the exports must not see it
     )
     with torch.no_grad():  # random recency embeddings, so positions matter in the test
         for pooler in model.poolers.values():
@@ -40,7 +42,7 @@ def _attention_model(schema, heads: int = 2) -> TwoTower:
     return model.eval()
 
 
-@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "attention", "transformer"])
 def test_item_id_table_is_shared_with_the_sequences(dm, pooling):
     schema = dm.schema
     model = TwoTower(schema, hidden=[8], out_dim=4, sequence_pooling=pooling)
@@ -79,14 +81,93 @@ def test_attention_pooling_masks_padding_and_pools_empty_to_zero():
         assert w.sum().item() == pytest.approx(1.0, abs=1e-5) and (w > 0).all()
 
 
-def test_attention_features_are_user_sequences_only(dm):
-    model = _attention_model(dm.schema)
+def _transformer_by_rows(pool: TransformerPooling, emb, valid) -> torch.Tensor:
+    """Reference: each row alone, its valid items only (no padding, no mask), through
+    the same blocks; the output is the last item's encoding."""
+    rows = []
+    for b in range(emb.shape[0]):
+        n = int(valid[b].sum())
+        if n == 0:
+            rows.append(torch.zeros(emb.shape[2]))
+            continue
+        x = emb[b, :n] + pool.recency.weight[torch.arange(n - 1, -1, -1)]
+        x = x.unsqueeze(0)
+        for block in pool.blocks:
+            x = block(x)
+        rows.append(pool.norm(x)[0, n - 1])
+    return torch.stack(rows)
+
+
+def test_transformer_pooling_reads_the_ordered_sequence_of_each_row():
+    torch.manual_seed(2)
+    pool = TransformerPooling(dim=8, max_len=6, heads=2, layers=2, dropout=0.3).eval()
+    emb = torch.randn(4, 6, 8)
+    valid = torch.tensor(
+        [[1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]]
+    ).bool()
+    with torch.no_grad():
+        out = pool(emb, valid)
+        assert out.shape == (4, 8)
+        assert torch.allclose(out, _transformer_by_rows(pool, emb, valid), atol=1e-5)
+        assert torch.equal(out[1], torch.zeros(8))  # an empty history pools to zeros
+        changed = emb.clone()
+        changed[0, 3:] = 100.0  # padded positions cannot matter
+        assert torch.allclose(pool(changed, valid), out, atol=1e-6)
+        # order matters (mean pooling could not tell): the same items reversed
+        swapped = emb.clone()
+        swapped[0, :3] = emb[0, [2, 1, 0]]
+        assert (pool(swapped, valid)[0] - out[0]).abs().max() > 1e-3
+    pool.train()  # dropout in training only
+    assert (pool(emb, valid) - out).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="3 heads do not divide the width 8"):
+        TransformerPooling(dim=8, max_len=6, heads=3)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "transformer"])
+def test_pooled_features_are_user_sequences_only(dm, pooling):
+    model = _attention_model(dm.schema, pooling=pooling)
     want = {f.name for f in dm.schema.sparse(Side.USER) if f.kind == Kind.SEQUENCE}
     assert set(model.attentive) == want
+    kind = AttentionPooling if pooling == "attention" else TransformerPooling
+    assert all(isinstance(p, kind) for p in model.poolers.values())
 
 
-def test_attention_user_tower_export_matches_without_torchrec(dm, tmp_path):
-    model = _attention_model(dm.schema)
+def test_transformer_towers_export_as_a_bundle(dm, tmp_path):
+    """A retrieval bundle of a transformer-pooled model: its TorchScript and .pt2
+    artifacts (dynamic batch and list length) reproduce their test vectors, and the
+    .pt2 user tower equals the torchrec model at batch 1, 7 and 512."""
+    from ranking.serving.bundle import Bundle
+    from ranking.serving.export import export_bundle
+
+    model = _attention_model(dm.schema, pooling="transformer")
+    out = export_bundle(
+        tmp_path / "bundle",
+        dm.schema,
+        dm.stats.to_dict(),
+        model,
+        None,
+        None,
+        corpus_batches=dm.corpus_dataloader(),
+        user_batches=dm.users_dataloader(),
+    )
+    bundle = Bundle(out)
+    for fmt in ("torchscript", "pt2"):
+        assert sorted(bundle.check_test_vectors(fmt)) == ["item_tower", "retrieval", "user_tower"]
+    exported = bundle.load("user_tower", "pt2")
+    for size in (1, 7, 512):
+        loader = RecDataModule(dm.path, batch_size=size, eval_batch_size=size, validate=False)
+        loader.setup()
+        batch = next(iter(loader.test_dataloader()))
+        with torch.no_grad():
+            want = model.encode_users(batch)
+            got = exported(flat_inputs(dm.schema, batch, (Side.USER,)))
+        diff = (got - want).abs().max().item()
+        assert diff < 1e-5, f"batch {size}: max abs diff {diff}"
+
+
+@pytest.mark.parametrize("pooling", ["attention", "transformer"])
+def test_pooled_user_tower_export_matches_without_torchrec(dm, tmp_path, pooling):
+    model = _attention_model(dm.schema, pooling=pooling)
     pred = user_tower_predictor(dm.schema, model)
     torch.jit.save(torch.jit.script(pred), str(tmp_path / "user_tower.pt"))
     cases, want = {}, {}

@@ -17,10 +17,10 @@ from ranking.modules.fused_embedding import (
     position_key,
     sparse_arch_from_schema,
 )
-from ranking.modules.sequence_pooling import AttentionPooling
+from ranking.modules.sequence_pooling import AttentionPooling, TransformerPooling
 from ranking.schema import Kind, Schema, Side
 
-POOLINGS = ("mean", "attention")
+POOLINGS = ("mean", "attention", "transformer")
 
 
 class TwoTower(nn.Module):
@@ -32,12 +32,13 @@ class TwoTower(nn.Module):
     before any context (slot, position) exists.
 
     Sequence pooling: ``mean`` pools each user-side ``sequence`` feature in the
-    collection (the schema's pooling). ``attention`` needs the sequence's item
-    embeddings unpooled: each position p of such a feature becomes a key
-    ``name#p`` of the same table (a bag of at most one id, so its pooled output
-    is that id's embedding, zeros past the list's end), and an
-    :class:`~ranking.modules.sequence_pooling.AttentionPooling` pools the [B, L, D]
-    stack. The table stays one torchrec table (and shards like any other).
+    collection (the schema's pooling). ``attention`` and ``transformer`` need the
+    sequence's item embeddings unpooled: each position p of such a feature
+    becomes a key ``name#p`` of the same table (a bag of at most one id, so its
+    pooled output is that id's embedding, zeros past the list's end), and an
+    :class:`~ranking.modules.sequence_pooling.AttentionPooling` or
+    :class:`~ranking.modules.sequence_pooling.TransformerPooling` pools the
+    [B, L, D] stack. The table stays one torchrec table (and shards like any other).
 
     Args:
         schema: dataset schema.
@@ -45,10 +46,13 @@ class TwoTower(nn.Module):
         out_dim: embedding size D.
         normalize: L2-normalise both towers' outputs.
         sequence_pooling: ``mean`` (the table's own pooling: the schema's
-            ``pooling``, mean unless it says sum) or ``attention`` (user-side
-            sequences).
-        attention_heads: heads of the attention pooling (its output is heads x D_table).
+            ``pooling``, mean unless it says sum), ``attention`` or ``transformer``
+            (user-side sequences).
+        attention_heads: heads of the attention pooling (its output is heads x
+            D_table) or of the transformer's self-attention (they divide D_table).
         attention_hidden: width of the attention scoring layer.
+        transformer_layers: encoder blocks of the transformer pooling.
+        transformer_dropout: dropout inside the transformer's blocks.
         dropout: dropout after each hidden layer of both towers.
         id_dropout: in training, the share of rows whose user-id and item-id
             embeddings (the schema's id features) are zeroed, the whole vector
@@ -90,6 +94,8 @@ class TwoTower(nn.Module):
         sequence_pooling: str = "mean",
         attention_heads: int = 1,
         attention_hidden: int = 32,
+        transformer_layers: int = 2,
+        transformer_dropout: float = 0.0,
         dropout: float = 0.0,
         id_dropout: float = 0.0,
         bias_terms: bool = False,
@@ -103,11 +109,11 @@ class TwoTower(nn.Module):
                 f"sequence_pooling must be one of {POOLINGS}, got {sequence_pooling!r}"
             )
         user, item = schema.sparse(Side.USER), schema.sparse(Side.ITEM)
-        #: attention-pooled features -> max_len
+        #: attention- or transformer-pooled features -> max_len
         self.attentive: dict[str, int] = {
             f.name: int(f.max_len)
             for f in user
-            if sequence_pooling == "attention" and f.kind == Kind.SEQUENCE and f.max_len
+            if sequence_pooling != "mean" and f.kind == Kind.SEQUENCE and f.max_len
         }
         # an attentive sequence is looked up once per position (keys name#p), not pooled
         self.sparse = sparse_arch_from_schema(
@@ -118,14 +124,16 @@ class TwoTower(nn.Module):
             pooled_sequences=False,
         )
         dims = feature_dims(self.sparse)
-        self.poolers = nn.ModuleDict(
-            {
-                name: AttentionPooling(
-                    dims[position_key(name, 0)], length, attention_heads, attention_hidden
+        poolers: dict[str, nn.Module] = {}
+        for name, length in self.attentive.items():
+            width = dims[position_key(name, 0)]
+            if sequence_pooling == "attention":
+                poolers[name] = AttentionPooling(width, length, attention_heads, attention_hidden)
+            else:
+                poolers[name] = TransformerPooling(
+                    width, length, attention_heads, transformer_layers, transformer_dropout
                 )
-                for name, length in self.attentive.items()
-            }
-        )
+        self.poolers = nn.ModuleDict(poolers)
         for name, pooler in self.poolers.items():
             dims[name] = pooler.out_dim
         self.user_tower = TowerHead(

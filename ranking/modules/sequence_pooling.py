@@ -1,10 +1,15 @@
-"""Attention pooling of behaviour sequences (torch only: training and serving share it).
+"""Attention and transformer pooling of behaviour sequences (torch only: training
+and serving share them).
 
 Mean pooling treats every clicked item of a history alike. Attention pooling
 learns which items of the sequence say most about the user (and, with the
 recency embedding, how much the most recent ones count), with one or several
 heads (several heads can keep several interests apart, as multi-interest
-retrieval models do with self-attentive pooling).
+retrieval models do with self-attentive pooling). Transformer pooling encodes
+the sequence with self-attention blocks, each item read in the context of the
+others and of its recency, and the user is the encoding of the most recent
+item (as SASRec, Kang and McAuley, ICDM 2018, reads the next item from it):
+order matters, not only which items were seen.
 
 Both the training model and the serving predictor hand the pooler the same
 layout: the sequence's embeddings left-aligned, oldest first, as the padded
@@ -66,13 +71,92 @@ class AttentionPooling(nn.Module):
         return pooled.reshape(emb.shape[0], self.heads * self.dim)
 
 
+class TransformerPooling(nn.Module):
+    """Self-attention encoder over a padded sequence; the output is the encoded
+    most recent item.
+
+    ``x[b, l] = e[b, l] + r[recency(b, l)]`` (``recency`` 0 for the most recent
+    valid item), then ``layers`` pre-norm :class:`torch.nn.TransformerEncoderLayer`
+    blocks (``heads`` heads, feed-forward ``ff_mult * D``) with the invalid
+    positions masked as keys, a final LayerNorm, and row b's output is its
+    position ``count_b - 1``. Attention is not causal: the most recent position
+    reads every valid one either way, and only it is output. An empty sequence
+    pools to zeros (as mean pooling does).
+
+    Args:
+        dim: item embedding width D (divisible by ``heads``).
+        max_len: longest sequence L (size of the recency table).
+        heads: attention heads.
+        layers: encoder blocks.
+        dropout: dropout inside the blocks (attention weights, feed-forward),
+            training only.
+        ff_mult: feed-forward width as a multiple of D.
+
+    Example:
+        >>> pool = TransformerPooling(dim=8, max_len=5, heads=2)
+        >>> emb, valid = torch.randn(3, 5, 8), torch.tensor([[1, 1, 0, 0, 0]] * 3).bool()
+        >>> pool(emb, valid).shape
+        torch.Size([3, 8])
+
+    Shapes: emb [B, L, D], valid bool [B, L] (left-aligned) -> [B, D].
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        max_len: int,
+        heads: int = 1,
+        layers: int = 2,
+        dropout: float = 0.0,
+        ff_mult: int = 4,
+    ) -> None:
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"transformer pooling: {heads} heads do not divide the width {dim}")
+        if layers < 1:
+            raise ValueError(f"transformer pooling needs at least one layer, got {layers}")
+        self.recency = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.recency.weight, std=0.02)
+        self.blocks = nn.ModuleList(
+            [
+                nn.TransformerEncoderLayer(
+                    dim, heads, ff_mult * dim, dropout, batch_first=True, norm_first=True
+                )
+                for _ in range(layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.dim = dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim
+
+    def forward(self, emb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        batch, length = emb.shape[0], emb.shape[1]
+        count = valid.sum(dim=1, keepdim=True)  # [B, 1]
+        recency = (count - 1 - torch.arange(length, device=emb.device)).clamp(min=0)
+        x = emb + self.recency(recency)
+        filled = count > 0  # [B, 1]
+        # an empty row gets one key (its first position), so no softmax row is all
+        # masked (NaN); its output is zeroed below
+        first = torch.arange(length, device=emb.device).unsqueeze(0) == 0
+        keys = valid | (first & ~filled)
+        for block in self.blocks:
+            x = block(x, src_key_padding_mask=~keys)
+        x = self.norm(x)
+        last = (count - 1).clamp(min=0).unsqueeze(-1).expand(batch, 1, self.dim)
+        out = x.gather(1, last).squeeze(1)
+        return out * filled.to(out.dtype)
+
+
 class AttentiveBag(nn.Module):
-    """Serving lookup of one attention-pooled sequence feature.
+    """Serving lookup of one attention- or transformer-pooled sequence feature.
 
     Shapes: ids int64 [B, L] padded with -1 -> [B, H * D].
     """
 
-    def __init__(self, weight: nn.Parameter, pooler: AttentionPooling) -> None:
+    def __init__(self, weight: nn.Parameter, pooler: nn.Module) -> None:
         super().__init__()
         self.weight = weight
         self.pooler = pooler
@@ -85,7 +169,7 @@ class AttentiveBag(nn.Module):
 
 
 class AttentiveBags(nn.Module):
-    """Attention-pooled sequence features for serving, as a dict (like
+    """Attention- or transformer-pooled sequence features for serving, as a dict (like
     :class:`~ranking.modules.padded_bags.PaddedEmbeddingBags`).
 
     Args:
@@ -98,7 +182,7 @@ class AttentiveBags(nn.Module):
     def __init__(
         self,
         tables: dict[str, torch.Tensor],
-        features: list[tuple[str, str, AttentionPooling]],
+        features: list[tuple[str, str, nn.Module]],
     ) -> None:
         super().__init__()
         weights = {
